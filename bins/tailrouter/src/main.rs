@@ -1,0 +1,145 @@
+//! The combined `tailscale` + `tailscaled` binary.
+//!
+//! The personality is chosen by the name it runs under (argv[0]), as Tailscale's combined
+//! build does: `tailscaled` is the daemon, `tailscale` the CLI (in builds with the `cli` tag).
+//! Under any other name (such as `tailrouter`), the first argument picks: `tailrouter
+//! tailscaled …` or `tailrouter tailscale …`.
+
+mod daemon;
+mod logging;
+
+#[cfg(feature = "cli")]
+mod cli;
+
+use std::ffi::OsString;
+use std::path::Path;
+use std::process::ExitCode;
+
+/// Who we are for this run.
+#[derive(Debug, PartialEq, Eq)]
+enum Personality {
+    Daemon,
+    Cli,
+}
+
+/// Picks the personality from argv[0], else from the first argument (which is then consumed).
+fn personality(args: &mut Vec<OsString>) -> Result<Personality, String> {
+    let by_name = |s: &OsString| match Path::new(s).file_name().and_then(|n| n.to_str()) {
+        Some("tailscaled") => Some(Personality::Daemon),
+        Some("tailscale") => Some(Personality::Cli),
+        _ => None,
+    };
+    if let Some(p) = args.first().and_then(by_name) {
+        return Ok(p);
+    }
+    match args.get(1).and_then(|a| a.to_str()) {
+        Some("tailscaled" | "daemon") => {
+            args.remove(0);
+            Ok(Personality::Daemon)
+        }
+        Some("tailscale" | "cli") => {
+            args.remove(0);
+            Ok(Personality::Cli)
+        }
+        Some("--version" | "-version" | "version") => {
+            print!("{}", version_text());
+            Err(String::new())
+        }
+        _ => Err(
+            "usage: tailrouter tailscaled [flags] | tailrouter tailscale <command> | tailrouter --version\n\
+             (or run it as `tailscaled` or `tailscale` through a link of that name)"
+                .into(),
+        ),
+    }
+}
+
+/// What `--version` prints: the version, then the tags this build has.
+pub(crate) fn version_text() -> String {
+    format!(
+        "{}\n  tags: {}\n  commit: {}\n",
+        ipn::VERSION,
+        ipn::tags_line(),
+        option_env!("TAILROUTER_COMMIT").unwrap_or("unknown")
+    )
+}
+
+fn main() -> ExitCode {
+    let mut args: Vec<OsString> = std::env::args_os().collect();
+    match personality(&mut args) {
+        Ok(Personality::Daemon) => daemon::main(args),
+        Ok(Personality::Cli) => cli_main(args),
+        Err(msg) if msg.is_empty() => ExitCode::SUCCESS,
+        Err(msg) => {
+            eprintln!("{msg}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+#[cfg(feature = "cli")]
+fn cli_main(args: Vec<OsString>) -> ExitCode {
+    cli::main(args)
+}
+
+#[cfg(not(feature = "cli"))]
+fn cli_main(_args: Vec<OsString>) -> ExitCode {
+    eprintln!(
+        "tailscale: this build has no CLI (the `cli` feature tag was left out); use the LocalAPI socket"
+    );
+    ExitCode::from(2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn os(v: &[&str]) -> Vec<OsString> {
+        v.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn argv0_picks_personality() {
+        let mut a = os(&["/usr/bin/tailscaled", "--state=mem:"]);
+        assert_eq!(personality(&mut a), Ok(Personality::Daemon));
+        assert_eq!(a.len(), 2, "argv0 choice consumes nothing");
+        let mut a = os(&["tailscale", "status"]);
+        assert_eq!(personality(&mut a), Ok(Personality::Cli));
+    }
+
+    #[test]
+    fn subcommand_picks_personality_under_other_names() {
+        let mut a = os(&["./tailrouter", "tailscaled", "--tun=tr0"]);
+        assert_eq!(personality(&mut a), Ok(Personality::Daemon));
+        assert_eq!(a, os(&["tailscaled", "--tun=tr0"]));
+        let mut a = os(&["tailrouter", "tailscale", "version"]);
+        assert_eq!(personality(&mut a), Ok(Personality::Cli));
+        assert_eq!(a, os(&["tailscale", "version"]));
+    }
+
+    #[test]
+    fn unknown_name_without_subcommand_is_a_usage_error() {
+        let mut a = os(&["tailrouter", "bogus"]);
+        let e = personality(&mut a).unwrap_err();
+        assert!(e.starts_with("usage:"), "{e}");
+        let mut a = os(&["tailrouter"]);
+        assert!(personality(&mut a).is_err());
+    }
+
+    #[test]
+    fn names_that_merely_start_alike_do_not_match() {
+        let mut a = os(&["tailscaled-old", "tailscale", "version"]);
+        assert_eq!(personality(&mut a), Ok(Personality::Cli));
+    }
+
+    #[test]
+    fn version_lists_tags_of_this_build() {
+        let v = version_text();
+        assert!(v.starts_with(ipn::VERSION));
+        let tags = v
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("tags: "))
+            .unwrap();
+        assert_eq!(tags.split(',').any(|t| t == "cli"), cfg!(feature = "cli"));
+        assert_eq!(tags.split(',').any(|t| t == "dns"), cfg!(feature = "dns"));
+    }
+}

@@ -1,0 +1,56 @@
+//! tailrouter's daemon core.
+//!
+//! Owns the node's state machine (NoState, NeedsLogin, NeedsMachineAuth, Starting, Running,
+//! Stopped), its preferences, the one state file, and the wiring between the parts: it turns
+//! each network map from the control client into plain configuration values for the engine,
+//! the packet filter, MagicDNS and the OS router, and serves the LocalAPI backend.
+//!
+//! This is the one crate where feature tags are composed: each built tag of
+//! `featuretags.toml` is a Cargo feature here that enables the crates implementing it.
+//! [`tags`] tells at run time which tags this build has.
+
+pub mod tags;
+
+/// The version of tailrouter.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The tags compiled into this build, sorted by name.
+pub fn enabled_tags() -> impl Iterator<Item = &'static str> {
+    tags::ALL
+        .iter()
+        .filter(|(_, on)| *on)
+        .map(|(name, _)| *name)
+}
+
+/// The tags as `--version` prints them: comma-separated, or `(none)`.
+pub fn tags_line() -> String {
+    let v: Vec<&str> = enabled_tags().collect();
+    if v.is_empty() {
+        "(none)".to_string()
+    } else {
+        v.join(",")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags_line_matches_cargo_features() {
+        let line = tags_line();
+        assert_eq!(line.contains("dns"), cfg!(feature = "dns"));
+        assert_eq!(line.contains("netstack"), cfg!(feature = "netstack"));
+        assert_eq!(line.contains("osrouter"), cfg!(feature = "osrouter"));
+        assert_eq!(line == "(none)", tags::ALL.iter().all(|(_, on)| !on));
+    }
+
+    #[test]
+    fn all_is_sorted_and_unique() {
+        let names: Vec<&str> = tags::ALL.iter().map(|(n, _)| *n).collect();
+        let mut sorted = names.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(names, sorted);
+    }
+}

@@ -1,0 +1,8 @@
+//! Tailscale wire types shared by every tailrouter crate.
+//!
+//! Owns the data the control plane and the parts exchange: node, machine and disco keys with
+//! their text forms (`nodekey:…`), `Node`, `Hostinfo`, `MapRequest`/`MapResponse`, the DERP map,
+//! the DNS configuration and packet filter rules, in the JSON shapes Tailscale sends them.
+//! It does no I/O and depends on no other tailrouter crate: everything else depends on it.
+//!
+//! Status: the crate boundary is in place; the types arrive with the control client (issue 3).

@@ -1,0 +1,258 @@
+//! `cargo xtask build` and `cargo xtask size`: release builds of the combined binary with an
+//! exact set of tags.
+
+use crate::registry::{Registry, Request, Resolution};
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Options of one build.
+#[derive(Debug, Default, Clone)]
+pub struct BuildOpts {
+    pub req: Request,
+    pub target: Option<String>,
+    pub out: Option<PathBuf>,
+    /// Link statically (`+crt-static`); musl targets are static anyway.
+    pub static_link: bool,
+}
+
+/// The Cargo features a resolution builds, or why it cannot be built.
+///
+/// Tags the user asked for (and their dependencies) must all be built in tailrouter; tags kept
+/// only because no `--min` was given are skipped when tailrouter has no code for them yet, and
+/// returned in the second list so the caller can say so.
+pub fn features_for(
+    reg: &Registry,
+    res: &Resolution,
+) -> Result<(BTreeSet<String>, Vec<String>), String> {
+    let mut feats = BTreeSet::new();
+    let mut skipped = Vec::new();
+    let mut refused = Vec::new();
+    for t in &res.kept {
+        let tag = &reg.tags[t];
+        if tag.status.has_cargo_feature() {
+            feats.insert(t.clone());
+        } else if res.explicit.contains(t) {
+            let why = match (tag.issue, &tag.reason) {
+                (_, Some(r)) => format!("not planned: {r}"),
+                (Some(i), None) => format!("{}, see issue {i}", tag.status.as_str()),
+                (None, None) => tag.status.as_str().to_string(),
+            };
+            refused.push(format!("`{t}` ({why})"));
+        } else {
+            skipped.push(t.clone());
+        }
+    }
+    if refused.is_empty() {
+        Ok((feats, skipped))
+    } else {
+        Err(format!(
+            "cannot build: tailrouter has no code yet for {}",
+            refused.join(", ")
+        ))
+    }
+}
+
+/// The result of one build.
+pub struct Built {
+    pub features: BTreeSet<String>,
+    pub binary: PathBuf,
+    pub size: u64,
+}
+
+fn target_dir(root: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"))
+}
+
+/// Builds `tailrouter` in release mode with exactly `features`, and returns where it is.
+pub fn cargo_build(
+    root: &Path,
+    features: &BTreeSet<String>,
+    target: Option<&str>,
+    static_link: bool,
+) -> Result<PathBuf, String> {
+    let mut cmd = Command::new(crate::cargo());
+    cmd.current_dir(root).args([
+        "build",
+        "--release",
+        "--locked",
+        "--package",
+        crate::check::BIN,
+        "--no-default-features",
+    ]);
+    if !features.is_empty() {
+        let list: Vec<&str> = features.iter().map(String::as_str).collect();
+        cmd.arg("--features").arg(list.join(","));
+    }
+    if let Some(commit) = git_commit(root) {
+        cmd.env("TAILROUTER_COMMIT", commit);
+    }
+    if let Some(t) = target {
+        cmd.args(["--target", t]);
+        if static_link {
+            // Scoped to the target so host build scripts keep their own flags.
+            let var = format!(
+                "CARGO_TARGET_{}_RUSTFLAGS",
+                t.to_ascii_uppercase().replace(['-', '.'], "_")
+            );
+            cmd.env(var, "-C target-feature=+crt-static");
+        }
+    } else if static_link {
+        return Err(
+            "--static needs --target (crt-static links only with an explicit target)".into(),
+        );
+    }
+    let status = cmd.status().map_err(|e| format!("cannot run cargo: {e}"))?;
+    if !status.success() {
+        return Err(format!("cargo build failed ({status})"));
+    }
+    let mut bin = target_dir(root);
+    if let Some(t) = target {
+        bin.push(t);
+    }
+    bin.push("release");
+    bin.push(crate::check::BIN);
+    Ok(bin)
+}
+
+/// The short commit hash of the checkout, with `-dirty` when it has uncommitted changes.
+fn git_commit(root: &Path) -> Option<String> {
+    let run = |args: &[&str]| {
+        Command::new("git")
+            .current_dir(root)
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let hash = run(&["rev-parse", "--short=12", "HEAD"])?;
+    let dirty =
+        run(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
+    Some(if dirty { format!("{hash}-dirty") } else { hash })
+}
+
+/// Copies the binary to `out` under its three names: `tailrouter`, `tailscale`, `tailscaled`.
+fn install(bin: &Path, out: &Path) -> Result<PathBuf, String> {
+    std::fs::create_dir_all(out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
+    let dest = out.join("tailrouter");
+    std::fs::copy(bin, &dest)
+        .map_err(|e| format!("cannot copy {} to {}: {e}", bin.display(), dest.display()))?;
+    for name in ["tailscale", "tailscaled"] {
+        let link = out.join(name);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink("tailrouter", &link)
+            .map_err(|e| format!("cannot link {}: {e}", link.display()))?;
+    }
+    Ok(dest)
+}
+
+/// Asks a host-runnable binary which tags it was built with (`tailscaled --version` output).
+pub fn tags_of(binary: &Path) -> Result<BTreeSet<String>, String> {
+    let out = Command::new(binary)
+        .arg("--version")
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", binary.display()))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("tags:"))
+        .ok_or_else(|| {
+            format!(
+                "{} --version printed no tags line: {text}",
+                binary.display()
+            )
+        })?;
+    Ok(line
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty() && *s != "(none)")
+        .map(String::from)
+        .collect())
+}
+
+pub fn build(root: &Path, reg: &Registry, opts: &BuildOpts) -> Result<Built, String> {
+    let res = reg.resolve(&opts.req).map_err(|e| e.to_string())?;
+    crate::print_pulled(&res);
+    let (features, skipped) = features_for(reg, &res)?;
+    if !skipped.is_empty() {
+        eprintln!(
+            "not built into tailrouter yet (skipped): {}",
+            skipped.join(",")
+        );
+    }
+    let bin = cargo_build(root, &features, opts.target.as_deref(), opts.static_link)?;
+    let out = opts.out.clone().unwrap_or_else(|| {
+        target_dir(root)
+            .join("dist")
+            .join(opts.target.as_deref().unwrap_or("host"))
+    });
+    let dest = install(&bin, &out)?;
+    let size = std::fs::metadata(&dest)
+        .map_err(|e| format!("cannot stat {}: {e}", dest.display()))?
+        .len();
+    // The binary reports its own tags; for a host build, prove it has exactly the set.
+    if opts.target.is_none() || opts.target.as_deref() == Some(crate::host_triple().as_str()) {
+        let have = tags_of(&dest)?;
+        if have != features {
+            return Err(format!(
+                "the built binary reports tags {have:?}, but {features:?} were requested"
+            ));
+        }
+    }
+    Ok(Built {
+        features,
+        binary: dest,
+        size,
+    })
+}
+
+/// One row per built tag: size with everything omitted, then with that tag (and what it needs).
+pub fn size_table(root: &Path, reg: &Registry, target: Option<&str>) -> Result<String, String> {
+    let none = Request {
+        min: true,
+        add: vec![],
+        remove: reg
+            .tags
+            .iter()
+            .filter(|(_, t)| t.min)
+            .map(|(n, _)| n.clone())
+            .collect(),
+    };
+    let measure = |req: &Request| -> Result<(BTreeSet<String>, u64), String> {
+        let res = reg.resolve(req).map_err(|e| e.to_string())?;
+        let (features, _) = features_for(reg, &res)?;
+        let bin = cargo_build(root, &features, target, false)?;
+        let size = std::fs::metadata(&bin)
+            .map_err(|e| format!("cannot stat {}: {e}", bin.display()))?
+            .len();
+        Ok((features, size))
+    };
+    let (_, base) = measure(&none)?;
+    let mut rows = vec![format!("| (everything omitted) | {base} | | |\n")];
+    for tag in reg.cargo_tags() {
+        let mut req = none.clone();
+        req.remove.retain(|r| *r != tag);
+        req.add = vec![tag.clone()];
+        let (features, size) = measure(&req)?;
+        let set: Vec<&str> = features.iter().map(String::as_str).collect();
+        rows.push(format!(
+            "| + {tag} | {size} | {:+} | {} |\n",
+            size as i64 - base as i64,
+            set.join(",")
+        ));
+    }
+    let all = Request::default();
+    let (_, full) = measure(&all)?;
+    rows.push(format!(
+        "| (every built tag) | {full} | {:+} | |\n",
+        full as i64 - base as i64
+    ));
+    let mut s = String::from("| build | bytes | vs. omitted | tags built |\n|---|---:|---:|---|\n");
+    for r in rows {
+        s.push_str(&r);
+    }
+    Ok(s)
+}

@@ -1,0 +1,239 @@
+//! tailrouter's build tooling, run as `cargo xtask <command>`.
+//!
+//! Commands:
+//!   featuretags [--min] [--add=a,b] [--remove=c] [--list]   resolve an allowlist of tags
+//!   build [--min] [--add=..] [--remove=..] [--target T] [--out DIR] [--static]
+//!                                                           build the combined binary
+//!   size [--target T]                                       binary size per tag
+//!   check                                                   registry and Cargo features agree
+//!   gen                                                     regenerate crates/ipn/src/tags.rs
+//!   test                                                    the whole test suite (CI runs this)
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use xtask::registry::Registry;
+use xtask::registry::Request;
+use xtask::{check, codegen, dist, print_pulled, suite, workspace_root};
+
+const USAGE: &str = "usage: cargo xtask <command> [options]
+
+commands:
+  featuretags [--min] [--add=a,b] [--remove=c] [--list]
+        print the resolved allowlist of feature tags (dependencies pulled in)
+  build [--min] [--add=a,b] [--remove=c] [--target T] [--out DIR] [--static]
+        build the combined tailscale+tailscaled binary with exactly that set; print set and size
+  size [--target T]
+        binary size with every tag omitted, then with each tag added (dependencies included)
+  check
+        featuretags.toml is sound and agrees with every crate's Cargo features
+  gen
+        regenerate crates/ipn/src/tags.rs from featuretags.toml
+  test
+        the whole test suite: fmt, clippy, tests, check, builds, cargo-deny";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(msg) => {
+            eprintln!("error: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Parsed options shared by featuretags, build and size.
+#[derive(Default)]
+struct Opts {
+    req: Request,
+    list: bool,
+    target: Option<String>,
+    out: Option<PathBuf>,
+    static_link: bool,
+}
+
+fn split_list(v: &str) -> Vec<String> {
+    v.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+/// Parses `--flag=value` and `--flag value`; `allowed` names the flags this command takes.
+fn parse_opts(args: &[String], allowed: &[&str]) -> Result<Opts, String> {
+    let mut o = Opts::default();
+    let mut i = 0;
+    while i < args.len() {
+        let (flag, inline) = match args[i].split_once('=') {
+            Some((f, v)) => (f.to_string(), Some(v.to_string())),
+            None => (args[i].clone(), None),
+        };
+        if !allowed.contains(&flag.as_str()) {
+            return Err(format!(
+                "unknown option `{}` (this command takes: {})",
+                args[i],
+                allowed.join(" ")
+            ));
+        }
+        let takes_value = !matches!(flag.as_str(), "--min" | "--list" | "--static");
+        let value = if takes_value {
+            match inline {
+                Some(v) => v,
+                None => {
+                    i += 1;
+                    args.get(i)
+                        .cloned()
+                        .ok_or_else(|| format!("{flag} needs a value"))?
+                }
+            }
+        } else if inline.is_some() {
+            return Err(format!("{flag} takes no value"));
+        } else {
+            String::new()
+        };
+        match flag.as_str() {
+            "--min" => o.req.min = true,
+            "--list" => o.list = true,
+            "--static" => o.static_link = true,
+            "--add" => o.req.add.extend(split_list(&value)),
+            "--remove" => o.req.remove.extend(split_list(&value)),
+            "--target" => o.target = Some(value),
+            "--out" => o.out = Some(PathBuf::from(value)),
+            _ => unreachable!("flag list and match agree"),
+        }
+        i += 1;
+    }
+    Ok(o)
+}
+
+fn load_registry() -> Result<Registry, String> {
+    Registry::load(&workspace_root().join("featuretags.toml")).map_err(|e| e.to_string())
+}
+
+fn run(args: &[String]) -> Result<(), String> {
+    let Some(cmd) = args.first() else {
+        return Err(USAGE.into());
+    };
+    let rest = &args[1..];
+    let root = workspace_root();
+    match cmd.as_str() {
+        "featuretags" => {
+            let o = parse_opts(rest, &["--min", "--add", "--remove", "--list"])?;
+            let reg = load_registry()?;
+            if o.list {
+                print_list(&reg);
+                return Ok(());
+            }
+            let res = reg.resolve(&o.req).map_err(|e| e.to_string())?;
+            print_pulled(&res);
+            let kept: Vec<&str> = res.kept.iter().map(String::as_str).collect();
+            println!("{}", kept.join(","));
+            Ok(())
+        }
+        "build" => {
+            let o = parse_opts(
+                rest,
+                &[
+                    "--min", "--add", "--remove", "--target", "--out", "--static",
+                ],
+            )?;
+            let problems = check::run(&root);
+            if !problems.is_empty() {
+                return Err(format!(
+                    "not building, `cargo xtask check` fails:\n{}",
+                    problems.join("\n")
+                ));
+            }
+            let reg = load_registry()?;
+            let built = dist::build(
+                &root,
+                &reg,
+                &dist::BuildOpts {
+                    req: o.req,
+                    target: o.target,
+                    out: o.out,
+                    static_link: o.static_link,
+                },
+            )?;
+            let set: Vec<&str> = built.features.iter().map(String::as_str).collect();
+            println!(
+                "feature set: {}",
+                if set.is_empty() {
+                    "(none)".to_string()
+                } else {
+                    set.join(",")
+                }
+            );
+            println!(
+                "binary: {} ({} bytes, {:.2} MiB)",
+                built.binary.display(),
+                built.size,
+                built.size as f64 / 1048576.0
+            );
+            Ok(())
+        }
+        "size" => {
+            let o = parse_opts(rest, &["--target"])?;
+            let reg = load_registry()?;
+            print!("{}", dist::size_table(&root, &reg, o.target.as_deref())?);
+            Ok(())
+        }
+        "check" => {
+            if !rest.is_empty() {
+                return Err("check takes no options".into());
+            }
+            let problems = check::run(&root);
+            if problems.is_empty() {
+                let reg = load_registry()?;
+                println!(
+                    "featuretags.toml: {} tags ({} built), acyclic; Cargo features agree; tags.rs current; compile-time guards refuse every missing dependency",
+                    reg.tags.len(),
+                    reg.cargo_tags().len()
+                );
+                Ok(())
+            } else {
+                Err(format!("check failed:\n{}", problems.join("\n")))
+            }
+        }
+        "gen" => {
+            if !rest.is_empty() {
+                return Err("gen takes no options".into());
+            }
+            let reg = load_registry()?;
+            let path = root.join(codegen::TAGS_RS);
+            std::fs::write(&path, codegen::tags_rs(&reg))
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            println!("wrote {}", path.display());
+            Ok(())
+        }
+        "test" => suite::run(&root, rest),
+        "help" | "--help" | "-h" => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        other => Err(format!("unknown command `{other}`\n\n{USAGE}")),
+    }
+}
+
+fn print_list(reg: &Registry) {
+    println!("registry mirrors {}", reg.upstream);
+    println!(
+        "{:<20} {:<12} {:<6} {:<32} description",
+        "tag", "status", "issue", "deps"
+    );
+    for (name, t) in &reg.tags {
+        println!(
+            "{:<20} {:<12} {:<6} {:<32} {}",
+            name,
+            t.status.as_str(),
+            t.issue.map(|i| format!("#{i}")).unwrap_or_default(),
+            t.deps.join(","),
+            if t.upstream {
+                t.desc.clone()
+            } else {
+                format!("{} (tailrouter only)", t.desc)
+            }
+        );
+    }
+}

@@ -1,0 +1,200 @@
+//! `cargo xtask test`: the whole test suite, the command README.md names and CI runs.
+//!
+//! Every step runs even when an earlier one failed (except where a step needs the previous
+//! one), and the last line is the plain `N passed, N failed` summary.
+
+use crate::registry::{Registry, Request};
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+struct Outcome {
+    name: String,
+    ok: bool,
+    secs: f64,
+    detail: String,
+}
+
+fn cargo_step(root: &Path, args: &[&str]) -> Result<String, String> {
+    let status = Command::new(crate::cargo())
+        .current_dir(root)
+        .args(args)
+        .status()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    if status.success() {
+        Ok(String::new())
+    } else {
+        Err(format!("cargo {} failed ({status})", args.join(" ")))
+    }
+}
+
+fn build_step(root: &Path, add: &[&str]) -> Result<String, String> {
+    let reg = Registry::load(&root.join("featuretags.toml")).map_err(|e| e.to_string())?;
+    let built = crate::dist::build(
+        root,
+        &reg,
+        &crate::dist::BuildOpts {
+            req: Request {
+                min: true,
+                add: add.iter().map(|s| s.to_string()).collect(),
+                remove: vec![],
+            },
+            ..Default::default()
+        },
+    )?;
+    let set: Vec<&str> = built.features.iter().map(String::as_str).collect();
+    for want in add {
+        if !built.features.contains(*want) {
+            return Err(format!("built set {set:?} lacks requested `{want}`"));
+        }
+    }
+    Ok(format!("tags {} -> {} bytes", set.join(","), built.size))
+}
+
+/// cargo-deny, installed from crates.io when missing. The advisory database cannot be fetched
+/// here (no network but the registries), so the advisories check is left to CI with network.
+fn deny_step(root: &Path) -> Result<String, String> {
+    let have = Command::new(crate::cargo())
+        .args(["deny", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !have {
+        eprintln!("cargo-deny is missing: installing it from crates.io (a few minutes, once)");
+        cargo_step(root, &["install", "--locked", "cargo-deny"])?;
+    }
+    cargo_step(
+        root,
+        &["deny", "--locked", "check", "bans", "licenses", "sources"],
+    )
+    .map(|_| {
+        "bans, licenses, sources (advisories need the RustSec database: no network here)".into()
+    })
+}
+
+pub fn run(root: &Path, args: &[String]) -> Result<(), String> {
+    if let Some(a) = args.first() {
+        return Err(format!("test takes no options (got `{a}`)"));
+    }
+    type StepFn<'a> = Box<dyn Fn() -> Result<String, String> + 'a>;
+    let steps: Vec<(&str, StepFn)> = vec![
+        (
+            "fmt",
+            Box::new(|| cargo_step(root, &["fmt", "--all", "--check"])),
+        ),
+        (
+            "clippy (workspace, every tag)",
+            Box::new(|| {
+                cargo_step(
+                    root,
+                    &[
+                        "clippy",
+                        "--workspace",
+                        "--all-targets",
+                        "--locked",
+                        "--",
+                        "-D",
+                        "warnings",
+                    ],
+                )
+            }),
+        ),
+        (
+            "clippy (no tags)",
+            Box::new(|| {
+                cargo_step(
+                    root,
+                    &[
+                        "clippy",
+                        "--package",
+                        "tailrouter",
+                        "--package",
+                        "ipn",
+                        "--all-targets",
+                        "--no-default-features",
+                        "--locked",
+                        "--",
+                        "-D",
+                        "warnings",
+                    ],
+                )
+            }),
+        ),
+        (
+            "tests (workspace, every tag)",
+            Box::new(|| cargo_step(root, &["test", "--workspace", "--locked"])),
+        ),
+        (
+            "tests (no tags)",
+            Box::new(|| {
+                cargo_step(
+                    root,
+                    &[
+                        "test",
+                        "--package",
+                        "tailrouter",
+                        "--package",
+                        "ipn",
+                        "--no-default-features",
+                        "--locked",
+                    ],
+                )
+            }),
+        ),
+        (
+            "xtask check",
+            Box::new(|| {
+                let p = crate::check::run(root);
+                if p.is_empty() {
+                    Ok(String::new())
+                } else {
+                    Err(p.join("\n"))
+                }
+            }),
+        ),
+        ("build --min", Box::new(|| build_step(root, &[]))),
+        (
+            "build --min --add=osrouter,dns,netstack",
+            Box::new(|| build_step(root, &["osrouter", "dns", "netstack"])),
+        ),
+        ("cargo-deny", Box::new(|| deny_step(root))),
+    ];
+    let mut outcomes = Vec::new();
+    for (name, step) in &steps {
+        eprintln!("\n=== {name}");
+        let t = Instant::now();
+        let r = step();
+        let secs = t.elapsed().as_secs_f64();
+        let (ok, detail) = match r {
+            Ok(d) => (true, d),
+            Err(e) => (false, e),
+        };
+        eprintln!(
+            "=== {name}: {} in {secs:.1}s",
+            if ok { "ok" } else { "FAILED" }
+        );
+        outcomes.push(Outcome {
+            name: name.to_string(),
+            ok,
+            secs,
+            detail,
+        });
+    }
+    println!("\nsummary:");
+    for o in &outcomes {
+        println!(
+            "  {:<6} {:<42} {:>7.1}s  {}",
+            if o.ok { "ok" } else { "FAILED" },
+            o.name,
+            o.secs,
+            o.detail.lines().next().unwrap_or("")
+        );
+    }
+    let passed = outcomes.iter().filter(|o| o.ok).count();
+    let failed = outcomes.len() - passed;
+    println!("suite: {passed} passed, {failed} failed");
+    if failed == 0 {
+        Ok(())
+    } else {
+        Err(format!("{failed} step(s) failed"))
+    }
+}
