@@ -97,7 +97,13 @@ pub fn cargo_build(
                 "CARGO_TARGET_{}_RUSTFLAGS",
                 t.to_ascii_uppercase().replace(['-', '.'], "_")
             );
-            cmd.env(var, "-C target-feature=+crt-static");
+            let flags = match std::env::var(&var) {
+                Ok(existing) if !existing.trim().is_empty() => {
+                    format!("{existing} -C target-feature=+crt-static")
+                }
+                _ => "-C target-feature=+crt-static".to_string(),
+            };
+            cmd.env(var, flags);
         }
     } else if static_link {
         return Err(

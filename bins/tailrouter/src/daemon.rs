@@ -15,7 +15,10 @@ const DEFAULT_STATEDIR: &str = "/var/lib/tailscale";
 #[command(
     name = "tailscaled",
     about = "tailrouter daemon: joins a tailnet and routes for it",
-    disable_version_flag = true
+    disable_version_flag = true,
+    // Like Go's flag package: a repeated flag takes its last value, so a container's CMD
+    // defaults can be overridden by flags appended after them.
+    args_override_self = true
 )]
 pub(crate) struct Args {
     /// State file path, or `mem:` for an ephemeral node that stores nothing
@@ -303,6 +306,12 @@ mod tests {
             let e = config(&parse(flags).unwrap()).unwrap_err();
             assert!(e.contains(word), "{flags:?}: {e}");
         }
+    }
+
+    #[test]
+    fn a_repeated_flag_takes_its_last_value() {
+        let c = config(&parse(&["--tun=first0", "-tun=second0"]).unwrap()).unwrap();
+        assert_eq!(c.tun, "second0");
     }
 
     #[test]

@@ -1,0 +1,112 @@
+# syntax=docker/dockerfile:1
+#
+# tailrouter container image for routers (MikroTik RouterOS containers and the like).
+#
+# Multi-platform, cross-compiled on the build machine's own platform (no emulation):
+#
+#   docker buildx build --platform linux/amd64,linux/arm64,linux/arm/v7 -t REPO/tailrouter:TAG --push .
+#
+# Each platform gets a static musl binary, built by `cargo xtask build` with exactly the tag set
+# of the TAGS build argument. docs/packaging.md explains every stage and each choice made here;
+# xtask/tests/packaging.rs checks this file's structure.
+#
+# Platform -> Rust target (the only mapping; the image pipeline builds exactly these three):
+#   linux/amd64  -> x86_64-unknown-linux-musl
+#   linux/arm64  -> aarch64-unknown-linux-musl
+#   linux/arm/v7 -> armv7-unknown-linux-musleabihf
+
+# The Rust toolchain image; its Debian release supplies clang and llvm-ar for the C and assembly
+# code of dependencies (ring). Pin it with --build-arg RUST_IMAGE=... for reproducible builds.
+ARG RUST_IMAGE=rust:1.95-slim-bookworm
+
+# ---------------------------------------------------------------------------------------------
+# toolchain: the build machine's Rust plus clang (C compiler for every target) and llvm-ar.
+# The linker is rust-lld, which ships with Rust; musl targets bring their own libc and start
+# files, so no per-target C toolchain or sysroot is needed.
+FROM --platform=$BUILDPLATFORM ${RUST_IMAGE} AS toolchain
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends clang llvm ca-certificates \
+ && rm -rf /var/lib/apt/lists/*
+ENV CARGO_TERM_COLOR=never \
+    CARGO_INCREMENTAL=0
+WORKDIR /src
+
+# ---------------------------------------------------------------------------------------------
+# manifests: the workspace reduced to its Cargo manifests, lock file and .cargo config, with
+# empty stub sources. It is rebuilt on every source change, but its output only changes when a
+# manifest does, so the dependency layer below stays cached while code is edited.
+FROM --platform=$BUILDPLATFORM ${RUST_IMAGE} AS manifests
+WORKDIR /src
+COPY . .
+RUN find . -type f ! -name Cargo.toml ! -name Cargo.lock ! -path './.cargo/*' -delete \
+ && find . -name Cargo.toml ! -path ./Cargo.toml | while read -r m; do \
+      d="$(dirname "$m")"; mkdir -p "$d/src"; : > "$d/src/lib.rs"; echo 'fn main() {}' > "$d/src/main.rs"; \
+    done
+
+# ---------------------------------------------------------------------------------------------
+# deps: every crate of Cargo.lock, for every target, downloaded once and shared by all platforms.
+FROM toolchain AS deps
+COPY --from=manifests /src/ /src/
+# The stub sources go again: the real ones are copied in by the build stage.
+RUN cargo fetch --locked \
+ && find /src -mindepth 1 -delete
+
+# ---------------------------------------------------------------------------------------------
+# build: the combined binary for TARGETPLATFORM, through the xtask, offline.
+FROM deps AS build
+ARG TARGETPLATFORM
+ARG TARGETARCH
+ARG TARGETVARIANT
+ARG BUILDPLATFORM
+RUN case "${TARGETPLATFORM}" in \
+      linux/amd64) echo x86_64-unknown-linux-musl ;; \
+      linux/arm64|linux/arm64/v8) echo aarch64-unknown-linux-musl ;; \
+      linux/arm/v7) echo armv7-unknown-linux-musleabihf ;; \
+      *) echo "tailrouter: no Rust target for platform ${TARGETPLATFORM}" >&2; exit 1 ;; \
+    esac > /etc/rust-target \
+ && rustup target add "$(cat /etc/rust-target)"
+COPY . /src/
+# The tag set, exactly as `cargo xtask build` takes it (the router set by default).
+ARG TAGS="--min --add=osrouter,dns,netstack"
+# The commit the binary reports in --version (the build context has no .git).
+ARG COMMIT=""
+# TAGS is split into words on purpose (SC2086).
+# hadolint ignore=SC2086
+RUN --mount=type=cache,id=tailrouter-target-${TARGETARCH}${TARGETVARIANT},target=/src/target \
+    set -eu; \
+    RUST_TARGET="$(cat /etc/rust-target)"; \
+    t_lower="$(echo "$RUST_TARGET" | tr '-' '_')"; \
+    t_upper="$(echo "$t_lower" | tr '[:lower:]' '[:upper:]')"; \
+    export "CC_${t_lower}=clang" "AR_${t_lower}=llvm-ar" "CARGO_TARGET_${t_upper}_LINKER=rust-lld"; \
+    if [ -n "$COMMIT" ]; then export TAILROUTER_COMMIT="$COMMIT"; fi; \
+    export CARGO_NET_OFFLINE=true; \
+    cargo xtask build ${TAGS} --target "${RUST_TARGET}" --out /out --static; \
+    if llvm-readelf --program-headers /out/tailrouter | grep -q INTERP; then \
+      echo "tailrouter: /out/tailrouter is dynamically linked" >&2; exit 1; \
+    fi; \
+    if [ "$TARGETPLATFORM" = "$BUILDPLATFORM" ]; then /out/tailscaled --version; fi; \
+    mkdir -p /rootfs/usr/local/bin /rootfs/etc/ssl/certs /rootfs/var/lib/tailscale \
+             /rootfs/var/run/tailscale /rootfs/tmp; \
+    chmod 1777 /rootfs/tmp; \
+    chmod 0700 /rootfs/var/lib/tailscale; \
+    cp -a /out/. /rootfs/usr/local/bin/; \
+    for name in tailscale tailscaled; do \
+      test "$(readlink "/rootfs/usr/local/bin/$name")" = tailrouter; \
+    done; \
+    cp /etc/ssl/certs/ca-certificates.crt /rootfs/etc/ssl/certs/ca-certificates.crt
+
+# ---------------------------------------------------------------------------------------------
+# image: nothing but the binary, its two names, CA roots and the directories it uses.
+FROM scratch AS image
+COPY --from=build /rootfs/ /
+ENV PATH=/usr/local/bin \
+    SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt
+LABEL org.opencontainers.image.title="tailrouter" \
+      org.opencontainers.image.description="Tailscale node for routers (combined tailscale + tailscaled)" \
+      org.opencontainers.image.licenses="BSD-3-Clause"
+# Node state (keys, login) must survive container re-creation: mount it from the router's disk.
+VOLUME ["/var/lib/tailscale"]
+ENTRYPOINT ["/usr/local/bin/tailscaled"]
+# The defaults spelled out; they equal tailscaled's built-in ones, so replacing CMD (RouterOS
+# `cmd=`, `docker run IMAGE --port=0 ...`) never loses them.
+CMD ["--statedir=/var/lib/tailscale", "--socket=/var/run/tailscale/tailscaled.sock"]
