@@ -5,4 +5,6 @@
 //! the DNS configuration and packet filter rules, in the JSON shapes Tailscale sends them.
 //! It does no I/O and depends on no other tailrouter crate: everything else depends on it.
 //!
-//! Status: the crate boundary is in place; the types arrive with the control client (issue 3).
+//! Status: keys ([`key`]) are here; the message types arrive with the control client (issue 3).
+
+pub mod key;
