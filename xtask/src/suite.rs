@@ -71,12 +71,36 @@ fn deny_step(root: &Path) -> Result<String, String> {
     })
 }
 
+/// Tools the suite needs beyond Rust, installed when missing so the suite runs on a new machine.
+fn prerequisites_step() -> Result<String, String> {
+    let has_yaml = || {
+        Command::new("python3")
+            .args(["-c", "import yaml"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if has_yaml() {
+        return Ok("python3 with PyYAML".into());
+    }
+    eprintln!("PyYAML is missing: installing it with pip");
+    let ok = Command::new("python3")
+        .args(["-m", "pip", "install", "--quiet", "pyyaml"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if ok && has_yaml() {
+        Ok("installed PyYAML".into())
+    } else {
+        Err("python3 with PyYAML is needed by the packaging tests: `python3 -m pip install pyyaml` or `apt-get install python3-yaml`".into())
+    }
+}
+
 pub fn run(root: &Path, args: &[String]) -> Result<(), String> {
     if let Some(a) = args.first() {
         return Err(format!("test takes no options (got `{a}`)"));
     }
     type StepFn<'a> = Box<dyn Fn() -> Result<String, String> + 'a>;
     let steps: Vec<(&str, StepFn)> = vec![
+        ("prerequisites", Box::new(prerequisites_step)),
         (
             "fmt",
             Box::new(|| cargo_step(root, &["fmt", "--all", "--check"])),
