@@ -847,7 +847,7 @@ fn deny_toml_allows_the_licenses_in_use_and_nothing_copyleft() {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let o = Command::new(cargo)
         .current_dir(root())
-        .args(["metadata", "--format-version", "1", "--locked", "--offline"])
+        .args(["metadata", "--format-version", "1", "--locked"])
         .output()
         .expect("run cargo metadata");
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));

@@ -1,6 +1,8 @@
 //! The built binary as a user runs it: under its three names, with good and bad flags, and
 //! stopped by SIGTERM as a container runtime stops it.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
