@@ -94,6 +94,38 @@ fn prerequisites_step() -> Result<String, String> {
     }
 }
 
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// Real peers (headscale, Go tailscaled, tailscale, derper) built from the Go module proxy
+/// into a cache outside the repository; quick when they are cached already.
+fn peers_step(root: &Path) -> Result<String, String> {
+    let out = Command::new("bash")
+        .current_dir(root)
+        .arg("interop/install-peers.sh")
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(|e| format!("cannot run interop/install-peers.sh: {e}"))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprint!("{stdout}");
+    if !out.status.success() {
+        return Err(format!("interop/install-peers.sh failed ({})", out.status));
+    }
+    let peers: Vec<String> = stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("peer "))
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            Some(format!("{} {}", w.next()?, w.next()?))
+        })
+        .collect();
+    Ok(peers.join(", "))
+}
+
 pub fn run(root: &Path, args: &[String]) -> Result<(), String> {
     if let Some(a) = args.first() {
         return Err(format!("test takes no options (got `{a}`)"));
@@ -145,7 +177,12 @@ pub fn run(root: &Path, args: &[String]) -> Result<(), String> {
         ),
         (
             "tests (workspace, every tag)",
-            Box::new(|| cargo_step(root, &["test", "--workspace", "--locked"])),
+            Box::new(|| {
+                cargo_step(
+                    root,
+                    &["test", "--workspace", "--exclude", "interop", "--locked"],
+                )
+            }),
         ),
         (
             "tests (no tags)",
@@ -181,6 +218,19 @@ pub fn run(root: &Path, args: &[String]) -> Result<(), String> {
             Box::new(|| build_step(root, &["osrouter", "dns", "netstack"])),
         ),
         ("cargo-deny", Box::new(|| deny_step(root))),
+        (
+            "interop peers (Go module proxy)",
+            Box::new(|| peers_step(root)),
+        ),
+        (
+            "interop (headscale, Go tailscaled)",
+            Box::new(|| {
+                if !is_root() {
+                    return Err("the interop tests need root (network namespaces, TUN devices); run the suite as root".into());
+                }
+                cargo_step(root, &["test", "--package", "interop", "--locked"])
+            }),
+        ),
     ];
     let mut outcomes = Vec::new();
     for (name, step) in &steps {

@@ -1,0 +1,555 @@
+//! The interop harness: real peers nobody on this team wrote, in network namespaces.
+//!
+//! A [`Rig`] creates a black-hole namespace holding a bridge (forwarding off) that every other
+//! namespace of the rig uses as its default route, so Go clients see a "network up" but can
+//! reach nothing outside the rig. On it, the rig runs headscale ([`Rig::headscale`]) and Go
+//! `tailscaled` nodes ([`Rig::go_node`]), and tailrouter nodes in later tests. Everything the
+//! rig creates (namespaces, processes, files) is removed when it is dropped, also on panic.
+//!
+//! Peers come from `interop/install-peers.sh`, which builds them from the Go module proxy into
+//! a cache outside the repository and records their paths in `peers.env`. A missing peer is a
+//! loud failure with the command that fixes it, never a skip.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// A harness failure: what went wrong, with command output where there was some.
+#[derive(Debug)]
+pub struct Error(pub String);
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// Harness result.
+pub type Result<T> = std::result::Result<T, Error>;
+
+fn fail<T>(msg: impl Into<String>) -> Result<T> {
+    Err(Error(msg.into()))
+}
+
+/// Paths and versions of the installed peers.
+#[derive(Debug, Clone)]
+pub struct Peers {
+    /// tailscale.com version, e.g. `v1.98.5`.
+    pub tailscale_version: String,
+    /// headscale version, e.g. `v0.29.3`.
+    pub headscale_version: String,
+    /// Go `tailscaled`.
+    pub tailscaled: PathBuf,
+    /// Go `tailscale` CLI.
+    pub tailscale: PathBuf,
+    /// Tailscale's DERP server.
+    pub derper: PathBuf,
+    /// headscale.
+    pub headscale: PathBuf,
+}
+
+impl Peers {
+    /// The peer cache: `$TAILROUTER_PEER_CACHE`, else `~/.cache/tailrouter/peers`.
+    pub fn cache_dir() -> PathBuf {
+        std::env::var_os("TAILROUTER_PEER_CACHE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+                Path::new(&home).join(".cache/tailrouter/peers")
+            })
+    }
+
+    /// Reads `peers.env` written by `interop/install-peers.sh` and checks every binary exists.
+    pub fn load() -> Result<Peers> {
+        let env = Self::cache_dir().join("peers.env");
+        let text = std::fs::read_to_string(&env).map_err(|e| {
+            Error(format!(
+                "cannot read {}: {e}. Install the peers first: bash interop/install-peers.sh \
+                 (cargo xtask test does it)",
+                env.display()
+            ))
+        })?;
+        let get = |k: &str| -> Result<String> {
+            text.lines()
+                .find_map(|l| l.strip_prefix(k)?.strip_prefix('='))
+                .map(|v| v.trim().to_string())
+                .ok_or_else(|| Error(format!("{} lacks {k}", env.display())))
+        };
+        let peers = Peers {
+            tailscale_version: get("TAILSCALE_VERSION")?,
+            headscale_version: get("HEADSCALE_VERSION")?,
+            tailscaled: get("TAILSCALED_BIN")?.into(),
+            tailscale: get("TAILSCALE_BIN")?.into(),
+            derper: get("DERPER_BIN")?.into(),
+            headscale: get("HEADSCALE_BIN")?.into(),
+        };
+        for b in [
+            &peers.tailscaled,
+            &peers.tailscale,
+            &peers.derper,
+            &peers.headscale,
+        ] {
+            if !b.is_file() {
+                return fail(format!(
+                    "peer binary {} is missing: run bash interop/install-peers.sh",
+                    b.display()
+                ));
+            }
+        }
+        Ok(peers)
+    }
+}
+
+/// Runs a command to completion; a non-zero exit is an error carrying its output.
+pub fn run(cmd: &mut Command) -> Result<Output> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| Error(format!("cannot run {cmd:?}: {e}")))?;
+    if out.status.success() {
+        Ok(out)
+    } else {
+        fail(format!(
+            "{cmd:?} failed ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+/// Polls `f` every 200 ms until it returns `Some`, or fails after `limit` naming `what`.
+pub fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> Result<T> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            return fail(format!("timed out after {limit:?} waiting for {what}"));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The first three octets of the rig's underlay /24. A private range used only inside the
+/// rig's own namespaces; each rig of one process gets its own.
+fn underlay_net(serial: u32) -> String {
+    format!("10.213.{}", 16 + (std::process::id() + serial) % 200)
+}
+
+/// A set of namespaces on one bridge in a black hole, with everything it started.
+pub struct Rig {
+    prefix: String,
+    net: String,
+    /// Scratch directory for configs, state and logs; removed on drop.
+    pub dir: PathBuf,
+    /// The peers in use.
+    pub peers: Peers,
+    namespaces: Vec<String>,
+    children: Vec<(String, Child)>,
+    next_host: u8,
+}
+
+/// One host of the rig: a namespace with an address on the underlay.
+#[derive(Debug, Clone)]
+pub struct Host {
+    /// Namespace name.
+    pub ns: String,
+    /// Underlay IPv4 address.
+    pub ip: String,
+}
+
+impl Host {
+    /// A command that runs inside this host's namespace.
+    pub fn cmd(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.ns]).arg(program);
+        c
+    }
+}
+
+impl Rig {
+    /// Creates the black hole and its bridge. Needs root.
+    pub fn new(name: &str) -> Result<Rig> {
+        static SERIAL: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let serial = SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let peers = Peers::load()?;
+        if !Path::new("/dev/net/tun").exists() {
+            return fail("/dev/net/tun is missing: the rig needs kernel TUN devices");
+        }
+        let prefix = format!("tr{}{}{name}", std::process::id() % 100000, serial);
+        let dir = std::env::temp_dir().join(format!("tailrouter-rig-{prefix}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Error(format!("mkdir {}: {e}", dir.display())))?;
+        let mut rig = Rig {
+            net: underlay_net(serial),
+            prefix,
+            dir,
+            peers,
+            namespaces: Vec::new(),
+            children: Vec::new(),
+            next_host: 1,
+        };
+        let bh = rig.add_ns("bh")?;
+        let ip_bh = format!("{}.254", rig.net);
+        run(Command::new("ip").args([
+            "netns",
+            "exec",
+            &bh,
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_forward=0",
+        ]))?;
+        run(Command::new("ip").args(["-n", &bh, "link", "add", "br0", "type", "bridge"]))?;
+        run(Command::new("ip").args([
+            "-n",
+            &bh,
+            "addr",
+            "add",
+            &format!("{ip_bh}/24"),
+            "dev",
+            "br0",
+        ]))?;
+        run(Command::new("ip").args(["-n", &bh, "link", "set", "br0", "up"]))?;
+        Ok(rig)
+    }
+
+    fn add_ns(&mut self, role: &str) -> Result<String> {
+        let ns = format!("{}-{role}", self.prefix);
+        run(Command::new("ip").args(["netns", "add", &ns]))?;
+        self.namespaces.push(ns.clone());
+        // `ip netns exec` bind-mounts this over /etc/resolv.conf, so nothing in the rig can
+        // touch the machine's own resolver configuration.
+        let etc = Path::new("/etc/netns").join(&ns);
+        std::fs::create_dir_all(&etc)
+            .map_err(|e| Error(format!("mkdir {}: {e}", etc.display())))?;
+        std::fs::write(
+            etc.join("resolv.conf"),
+            format!("nameserver {}.254\n", self.net),
+        )
+        .map_err(|e| Error(format!("write resolv.conf: {e}")))?;
+        run(Command::new("ip").args(["-n", &ns, "link", "set", "lo", "up"]))?;
+        Ok(ns)
+    }
+
+    /// A new host on the underlay whose default route leads into the black hole.
+    pub fn host(&mut self, role: &str) -> Result<Host> {
+        let ns = self.add_ns(role)?;
+        let idx = self.next_host;
+        self.next_host += 1;
+        let ip = format!("{}.{}", self.net, idx);
+        let bh = format!("{}-bh", self.prefix);
+        let port = format!("p{idx}");
+        run(Command::new("ip").args([
+            "link", "add", "eth0", "netns", &ns, "type", "veth", "peer", "name", &port, "netns",
+            &bh,
+        ]))?;
+        run(Command::new("ip").args(["-n", &bh, "link", "set", &port, "master", "br0", "up"]))?;
+        run(Command::new("ip").args([
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{ip}/24"),
+            "dev",
+            "eth0",
+        ]))?;
+        run(Command::new("ip").args(["-n", &ns, "link", "set", "eth0", "up"]))?;
+        run(Command::new("ip").args([
+            "-n",
+            &ns,
+            "route",
+            "add",
+            "default",
+            "via",
+            &format!("{}.254", self.net),
+        ]))?;
+        Ok(Host { ns, ip })
+    }
+
+    /// Starts a long-running process; it is killed when the rig is dropped. Output goes to
+    /// `<dir>/<label>.log`.
+    pub fn spawn(&mut self, label: &str, mut cmd: Command) -> Result<()> {
+        let log = self.dir.join(format!("{label}.log"));
+        let f = std::fs::File::create(&log)
+            .map_err(|e| Error(format!("create {}: {e}", log.display())))?;
+        let f2 = f.try_clone().map_err(|e| Error(format!("dup log: {e}")))?;
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(f)
+            .stderr(f2)
+            .spawn()
+            .map_err(|e| Error(format!("cannot start {label}: {e}")))?;
+        self.children.push((label.to_string(), child));
+        Ok(())
+    }
+
+    /// Whether the process started under `label` is still running.
+    pub fn alive(&mut self, label: &str) -> bool {
+        self.children
+            .iter_mut()
+            .find(|(l, _)| l == label)
+            .is_some_and(|(_, c)| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// The last lines of a process's log, for failure messages.
+    pub fn log_tail(&self, label: &str, lines: usize) -> String {
+        let text =
+            std::fs::read_to_string(self.dir.join(format!("{label}.log"))).unwrap_or_default();
+        let v: Vec<&str> = text.lines().collect();
+        v[v.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// Starts headscale on a new host with its embedded DERP server as the only region, and
+    /// creates a user with a reusable pre-auth key.
+    pub fn headscale(&mut self) -> Result<Headscale> {
+        let host = self.host("ctl")?;
+        let dir = self.dir.join("headscale");
+        std::fs::create_dir_all(&dir).map_err(|e| Error(format!("mkdir: {e}")))?;
+        let url = format!("http://{}:8080", host.ip);
+        let config = dir.join("config.yaml");
+        let d = dir.display();
+        let ip = &host.ip;
+        std::fs::write(
+            &config,
+            format!(
+                "server_url: {url}\n\
+                 listen_addr: {ip}:8080\n\
+                 metrics_listen_addr: 127.0.0.1:0\n\
+                 grpc_listen_addr: 127.0.0.1:0\n\
+                 disable_check_updates: true\n\
+                 noise:\n  private_key_path: {d}/noise_private.key\n\
+                 prefixes:\n  v4: 100.64.0.0/10\n  v6: fd7a:115c:a1e0::/48\n  allocation: sequential\n\
+                 derp:\n  server:\n    enabled: true\n    region_id: 999\n    region_code: rig\n    region_name: tailrouter rig\n    verify_clients: true\n    stun_listen_addr: {ip}:3478\n    private_key_path: {d}/derp_server_private.key\n    automatically_add_embedded_derp_region: true\n    ipv4: {ip}\n  urls: []\n  paths: []\n  auto_update_enabled: false\n  update_frequency: 24h\n\
+                 database:\n  type: sqlite\n  sqlite:\n    path: {d}/db.sqlite\n    write_ahead_log: true\n\
+                 log:\n  level: info\n  format: text\n\
+                 policy:\n  mode: file\n  path: \"\"\n\
+                 dns:\n  magic_dns: true\n  base_domain: rig.test\n  override_local_dns: false\n  nameservers:\n    global: []\n    split: {{}}\n  search_domains: []\n  extra_records: []\n\
+                 unix_socket: {d}/headscale.sock\n\
+                 unix_socket_permission: \"0770\"\n\
+                 logtail:\n  enabled: false\n\
+                 taildrop:\n  enabled: false\n"
+            ),
+        )
+        .map_err(|e| Error(format!("write headscale config: {e}")))?;
+        let mut cmd = host.cmd(&self.peers.headscale);
+        cmd.arg("-c").arg(&config).arg("serve");
+        self.spawn("headscale", cmd)?;
+        let hs = Headscale {
+            host,
+            url,
+            config,
+            bin: self.peers.headscale.clone(),
+            user_id: String::new(),
+        };
+        let probe = hs.host.clone();
+        let health = format!("{}/health", hs.url);
+        let up = wait_for("headscale /health", Duration::from_secs(30), || {
+            if !self.alive("headscale") {
+                return Some(false);
+            }
+            let ok = probe
+                .cmd("curl")
+                .args(["-fsS", "-m", "2", &health])
+                .output()
+                .is_ok_and(|o| o.status.success());
+            ok.then_some(true)
+        })?;
+        if !up {
+            return fail(format!(
+                "headscale exited:\n{}",
+                self.log_tail("headscale", 30)
+            ));
+        }
+        let mut hs = hs;
+        let user = hs.cli(&["users", "create", "rig", "-o", "json"])?;
+        hs.user_id = user
+            .get("id")
+            .map(|v| v.to_string().trim_matches('"').to_string())
+            .ok_or_else(|| Error(format!("no user id in {user}")))?;
+        Ok(hs)
+    }
+
+    /// Starts a Go `tailscaled` on a new host with a kernel TUN, its own socket and state.
+    pub fn go_node(&mut self, name: &str) -> Result<GoNode> {
+        let host = self.host(name)?;
+        let dir = self.dir.join(format!("go-{name}"));
+        for sub in ["state", "logs"] {
+            std::fs::create_dir_all(dir.join(sub)).map_err(|e| Error(format!("mkdir: {e}")))?;
+        }
+        let socket = dir.join("tailscaled.sock");
+        let tun = format!("{}{name}", &self.prefix[..self.prefix.len().min(10)]);
+        let mut cmd = host.cmd(&self.peers.tailscaled);
+        cmd.env("TS_NO_LOGS_NO_SUPPORT", "1")
+            // headscale's embedded DERP listens on plain HTTP in the rig.
+            .env("TS_DEBUG_USE_DERP_HTTP", "1")
+            // Without this, tailscaled writes a log config into the host's /var/lib/tailscale.
+            .env("TS_LOGS_DIR", dir.join("logs"))
+            .arg(format!("--tun={tun}"))
+            .arg(format!("--socket={}", socket.display()))
+            .arg(format!("--statedir={}", dir.join("state").display()))
+            .args(["--port=41641", "--no-logs-no-support"]);
+        let label = format!("tailscaled-{name}");
+        self.spawn(&label, cmd)?;
+        let s = socket.clone();
+        wait_for(&format!("{label} socket"), Duration::from_secs(20), || {
+            s.exists().then_some(())
+        })?;
+        Ok(GoNode {
+            name: name.to_string(),
+            host,
+            socket,
+            cli: self.peers.tailscale.clone(),
+        })
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        for (_, c) in &mut self.children {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for (_, c) in &mut self.children {
+            while matches!(c.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for ns in self.namespaces.iter().rev() {
+            if let Ok(o) = Command::new("ip").args(["netns", "pids", ns]).output() {
+                for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
+                    let _ = Command::new("kill").args(["-KILL", pid]).status();
+                }
+            }
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+            let _ = std::fs::remove_dir_all(Path::new("/etc/netns").join(ns));
+        }
+        if std::env::var_os("TAILROUTER_RIG_KEEP").is_none() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// A running headscale.
+pub struct Headscale {
+    /// Its host.
+    pub host: Host,
+    /// The login server URL clients use.
+    pub url: String,
+    config: PathBuf,
+    bin: PathBuf,
+    /// The numeric id of the rig's user.
+    pub user_id: String,
+}
+
+impl Headscale {
+    /// Runs a headscale CLI command and parses its JSON output (`-o json` must be given).
+    pub fn cli(&self, args: &[&str]) -> Result<serde_json::Value> {
+        let mut cmd = self.host.cmd(&self.bin);
+        cmd.arg("-c").arg(&self.config).args(args);
+        let out = run(&mut cmd)?;
+        serde_json::from_slice(&out.stdout).map_err(|e| {
+            Error(format!(
+                "headscale {args:?}: output is not JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stdout)
+            ))
+        })
+    }
+
+    /// A new reusable pre-auth key for the rig's user.
+    pub fn preauth_key(&self) -> Result<String> {
+        let v = self.cli(&[
+            "preauthkeys",
+            "create",
+            "--user",
+            &self.user_id,
+            "--reusable",
+            "--expiration",
+            "1h",
+            "-o",
+            "json",
+        ])?;
+        v.get("key")
+            .and_then(|k| k.as_str())
+            .map(String::from)
+            .ok_or_else(|| Error(format!("no key in {v}")))
+    }
+
+    /// The nodes headscale knows, as JSON.
+    pub fn nodes(&self) -> Result<Vec<serde_json::Value>> {
+        match self.cli(&["nodes", "list", "-o", "json"])? {
+            serde_json::Value::Array(v) => Ok(v),
+            serde_json::Value::Null => Ok(Vec::new()),
+            other => fail(format!("nodes list is not an array: {other}")),
+        }
+    }
+}
+
+/// A running Go `tailscaled`, driven by the Go `tailscale` CLI.
+pub struct GoNode {
+    /// Its hostname on the tailnet.
+    pub name: String,
+    /// Its host.
+    pub host: Host,
+    socket: PathBuf,
+    cli: PathBuf,
+}
+
+impl GoNode {
+    /// Runs the Go CLI against this node and returns stdout.
+    pub fn tailscale(&self, args: &[&str]) -> Result<String> {
+        let mut cmd = self.host.cmd("timeout");
+        cmd.arg("60")
+            .arg(&self.cli)
+            .arg(format!("--socket={}", self.socket.display()))
+            .args(args);
+        let out = run(&mut cmd)?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// `tailscale up` with an auth key; returns once the node is Running.
+    pub fn up(&self, hs: &Headscale, key: &str) -> Result<()> {
+        self.tailscale(&[
+            "up",
+            &format!("--login-server={}", hs.url),
+            &format!("--auth-key={key}"),
+            &format!("--hostname={}", self.name),
+            "--accept-dns=false",
+            "--timeout=50s",
+        ])
+        .map(|_| ())
+    }
+
+    /// `tailscale status --json`, parsed.
+    pub fn status(&self) -> Result<serde_json::Value> {
+        let text = self.tailscale(&["status", "--json"])?;
+        serde_json::from_str(&text).map_err(|e| Error(format!("status --json is not JSON: {e}")))
+    }
+
+    /// Host names of the peers this node lists.
+    pub fn peer_names(&self) -> Result<Vec<String>> {
+        let st = self.status()?;
+        Ok(st
+            .get("Peer")
+            .and_then(|p| p.as_object())
+            .map(|m| {
+                m.values()
+                    .filter_map(|p| p.get("HostName")?.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    /// The node's first tailnet IPv4 address.
+    pub fn ipv4(&self) -> Result<String> {
+        Ok(self.tailscale(&["ip", "-4"])?.trim().to_string())
+    }
+}
