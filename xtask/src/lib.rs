@@ -4,6 +4,7 @@
 pub mod check;
 pub mod codegen;
 pub mod dist;
+pub mod fuzz;
 pub mod registry;
 pub mod suite;
 

@@ -28,8 +28,10 @@ commands:
         featuretags.toml is sound and agrees with every crate's Cargo features
   gen
         regenerate crates/ipn/src/tags.rs from featuretags.toml
+  fuzz [--seconds N] [target ...]
+        run the fuzz targets of fuzz/ (all by default) for N seconds each (default 20)
   test
-        the whole test suite: fmt, clippy, tests, check, builds, cargo-deny";
+        the whole test suite: fmt, clippy, tests, check, builds, cargo-deny, interop, fuzz";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -208,6 +210,31 @@ fn run(args: &[String]) -> Result<(), String> {
             Ok(())
         }
         "test" => suite::run(&root, rest),
+        "fuzz" => {
+            let mut seconds = 20u32;
+            let mut only = Vec::new();
+            let mut it = rest.iter();
+            while let Some(a) = it.next() {
+                if let Some(v) = a.strip_prefix("--seconds=") {
+                    seconds = v
+                        .parse()
+                        .map_err(|_| format!("--seconds: not a number: {v}"))?;
+                } else if a == "--seconds" {
+                    let v = it.next().ok_or("--seconds needs a value")?;
+                    seconds = v
+                        .parse()
+                        .map_err(|_| format!("--seconds: not a number: {v}"))?;
+                } else if a.starts_with('-') {
+                    return Err(format!(
+                        "unknown option `{a}` (fuzz takes: --seconds N, target names)"
+                    ));
+                } else {
+                    only.push(a.clone());
+                }
+            }
+            println!("{}", xtask::fuzz::run(&root, seconds, &only)?);
+            Ok(())
+        }
         "help" | "--help" | "-h" => {
             println!("{USAGE}");
             Ok(())
