@@ -219,6 +219,10 @@ pub fn run(root: &Path, args: &[String]) -> Result<(), String> {
         ),
         ("cargo-deny", Box::new(|| deny_step(root))),
         (
+            "fuzz (15 s per target)",
+            Box::new(|| crate::fuzz::run(root, 15, &[])),
+        ),
+        (
             "interop peers (Go module proxy)",
             Box::new(|| peers_step(root)),
         ),
