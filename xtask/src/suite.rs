@@ -133,6 +133,12 @@ pub fn run(root: &Path, args: &[String]) -> Result<(), String> {
     type StepFn<'a> = Box<dyn Fn() -> Result<String, String> + 'a>;
     let steps: Vec<(&str, StepFn)> = vec![
         ("prerequisites", Box::new(prerequisites_step)),
+        // Before the tests: some unit-level interop tests (control client against headscale
+        // on loopback) need the peers too.
+        (
+            "interop peers (Go module proxy)",
+            Box::new(|| peers_step(root)),
+        ),
         (
             "fmt",
             Box::new(|| cargo_step(root, &["fmt", "--all", "--check"])),
@@ -221,10 +227,6 @@ pub fn run(root: &Path, args: &[String]) -> Result<(), String> {
         (
             "fuzz (15 s per target)",
             Box::new(|| crate::fuzz::run(root, 15, &[])),
-        ),
-        (
-            "interop peers (Go module proxy)",
-            Box::new(|| peers_step(root)),
         ),
         (
             "interop (headscale, Go tailscaled)",
