@@ -188,6 +188,11 @@ pub(crate) fn main(args: Vec<OsString>) -> ExitCode {
 }
 
 fn run(cfg: Config) -> Result<(), String> {
+    use ipn::backend::{LocalBackend, Opened};
+    use ipn::localapi::{Backend, Options, Server};
+    use ipn::state::{FileStore, MemStore, StateStore};
+    use std::sync::Arc;
+
     tracing::info!(
         "tailrouter {} starting (tags: {})",
         ipn::VERSION,
@@ -200,19 +205,48 @@ fn run(cfg: Config) -> Result<(), String> {
         port = cfg.port,
         "configuration"
     );
-    if let StateLocation::File(path) = &cfg.state {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            create_private_dir(dir)?;
+    let store: Box<dyn StateStore> = match &cfg.state {
+        StateLocation::Memory => Box::new(MemStore::new()),
+        StateLocation::File(path) => {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                create_private_dir(dir)?;
+            }
+            Box::new(FileStore::new(path))
         }
+    };
+    // A damaged state file stops the daemon here, before anything could register a new node
+    // over the old identity; the file is left as it is.
+    let (backend, opened) = LocalBackend::open(store, None, ipn::VERSION)
+        .map_err(|e| format!("refusing to start: {e}"))?;
+    match opened {
+        Opened::NewNode => tracing::info!("new node: state created"),
+        Opened::ImportedFromGo(backup) => tracing::info!(
+            "imported the node from Go tailscaled's state file (original kept at {})",
+            backup.as_deref().unwrap_or("nowhere: not a file store")
+        ),
+        _ => {}
     }
     tracing::warn!(
         "this version has no control client yet: the node cannot join a tailnet (issue 3)"
     );
     let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
+        .enable_all()
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
-    rt.block_on(wait_for_stop())?;
+    rt.block_on(async {
+        let stop = Stopper::new()?;
+        let server = Server::bind(&cfg.socket).map_err(|e| e.to_string())?;
+        let backend = Arc::new(backend);
+        // Like Go's daemon, start the backend with the stored prefs at boot; without a control
+        // client this settles in NeedsLogin (or Stopped) with the reason in Health.
+        if let Err(e) = backend.start(Options::default()) {
+            tracing::debug!("start at boot: {e}");
+        }
+        tracing::info!("LocalAPI listening on {}", cfg.socket.display());
+        // The server removes its socket when it returns.
+        server.serve(backend, stop.wait()).await;
+        Ok::<(), String>(())
+    })?;
     tracing::info!("stopped");
     Ok(())
 }
@@ -227,25 +261,38 @@ fn create_private_dir(dir: &Path) -> Result<(), String> {
         .map_err(|e| format!("cannot create state directory {}: {e}", dir.display()))
 }
 
-/// Returns on SIGTERM (container stop) or SIGINT (Ctrl-C).
-async fn wait_for_stop() -> Result<(), String> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term =
-        signal(SignalKind::terminate()).map_err(|e| format!("cannot watch SIGTERM: {e}"))?;
-    let mut int =
-        signal(SignalKind::interrupt()).map_err(|e| format!("cannot watch SIGINT: {e}"))?;
-    let which = std::future::poll_fn(|cx| {
-        if term.poll_recv(cx).is_ready() {
-            std::task::Poll::Ready("SIGTERM")
-        } else if int.poll_recv(cx).is_ready() {
-            std::task::Poll::Ready("SIGINT")
-        } else {
-            std::task::Poll::Pending
-        }
-    })
-    .await;
-    tracing::info!("{which}: shutting down");
-    Ok(())
+/// Watches SIGTERM (container stop) and SIGINT (Ctrl-C), installed before serving so a
+/// signal is never missed.
+struct Stopper {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Stopper {
+    fn new() -> Result<Self, String> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Stopper {
+            term: signal(SignalKind::terminate())
+                .map_err(|e| format!("cannot watch SIGTERM: {e}"))?,
+            int: signal(SignalKind::interrupt())
+                .map_err(|e| format!("cannot watch SIGINT: {e}"))?,
+        })
+    }
+
+    /// Returns on the first of the two signals.
+    async fn wait(mut self) {
+        let which = std::future::poll_fn(|cx| {
+            if self.term.poll_recv(cx).is_ready() {
+                std::task::Poll::Ready("SIGTERM")
+            } else if self.int.poll_recv(cx).is_ready() {
+                std::task::Poll::Ready("SIGINT")
+            } else {
+                std::task::Poll::Pending
+            }
+        })
+        .await;
+        tracing::info!("{which}: shutting down");
+    }
 }
 
 #[cfg(test)]

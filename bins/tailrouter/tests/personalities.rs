@@ -92,6 +92,10 @@ fn daemon_makes_a_private_state_dir_and_stops_cleanly_on_sigterm() {
     let statedir = dir.join("state");
     let mut child = Command::new(dir.join("tailscaled"))
         .arg(format!("--statedir={}", statedir.display()))
+        .arg(format!(
+            "--socket={}",
+            dir.join("tailscaled.sock").display()
+        ))
         .arg("--tun=trtest0")
         .env_remove("TS_LOG_VERBOSITY")
         .stdout(Stdio::null())

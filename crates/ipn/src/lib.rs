@@ -8,8 +8,18 @@
 //! This is the one crate where feature tags are composed: each built tag of
 //! `featuretags.toml` is a Cargo feature here that enables the crates implementing it.
 //! [`tags`] tells at run time which tags this build has.
+//!
+//! - [`state`]: the one state file ([`state::StateStore`], [`state::FileStore`],
+//!   [`state::MemStore`]), its format, atomic writes and the import of Go tailscaled's file.
+//! - [`backend`]: the state machine and [`backend::LocalBackend`], the LocalAPI backend, with
+//!   the narrow [`backend::ControlClient`] trait the control client will plug into.
+//! - [`localapi`] is re-exported so the binary reaches the server and client through the core.
 
+pub mod backend;
+pub mod state;
 pub mod tags;
+
+pub use localapi;
 
 /// The version of tailrouter.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,762 @@
+//! The daemon core's state machine and the LocalAPI backend.
+//!
+//! States are Go's (`NoState`, `NeedsLogin`, `NeedsMachineAuth`, `Stopped`, `Starting`,
+//! `Running`), chosen by [`next_state`] from a few facts, as Go's `nextStateLocked` does:
+//! not logged in → `NeedsLogin`; logged in but `WantRunning` off → `Stopped`; the tailnet
+//! admin has not approved the machine → `NeedsMachineAuth`; a network map and a running
+//! engine → `Running`; otherwise `Starting`.
+//!
+//! The control client (another crate) plugs in through [`ControlClient`], a narrow, non-blocking
+//! command trait, and reports back by [`LocalBackend::control_event`] with [`ControlEvent`]s:
+//! an auth URL, a finished login (the keys and profile to persist), machine approval, network
+//! maps, errors. Without one (this build, until it lands), `start` and `login-interactive`
+//! fail with a clear "no control client" error, which also appears in the status `Health`
+//! list and as `ErrMessage` on the bus: the node never pretends to be logging in.
+
+use crate::localapi::types::{
+    BackendState, IpPrefix, MaskedPrefs, Notify, Options, PeerStatus, PersistView, Prefs, Status,
+    TailnetStatus, watch,
+};
+use crate::localapi::{Backend, BackendError};
+use crate::state::{self, Loaded, PersistedState, StateError, StateStore};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use tailcfg::key::{MachinePrivate, NodePrivate, NodePublic};
+use tokio::sync::broadcast;
+
+/// The message shown while no control client is built in.
+pub const NO_CONTROL_CLIENT: &str =
+    "this build has no control client yet (issue 3): it cannot log in or connect to a tailnet";
+
+/// The facts the state is derived from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StateInputs {
+    /// `start` has been called (by the daemon at boot, or by a client).
+    pub started: bool,
+    /// The node has a node key and did not log out.
+    pub logged_in: bool,
+    /// `WantRunning` is on.
+    pub want_running: bool,
+    /// Control said the machine awaits approval.
+    pub needs_machine_auth: bool,
+    /// A network map has arrived.
+    pub have_netmap: bool,
+    /// The WireGuard engine is configured and up.
+    pub engine_up: bool,
+}
+
+/// Go's state transitions, as a pure function.
+pub fn next_state(i: StateInputs) -> BackendState {
+    if !i.started {
+        BackendState::NoState
+    } else if !i.logged_in {
+        BackendState::NeedsLogin
+    } else if !i.want_running {
+        BackendState::Stopped
+    } else if i.needs_machine_auth {
+        BackendState::NeedsMachineAuth
+    } else if i.have_netmap && i.engine_up {
+        BackendState::Running
+    } else {
+        BackendState::Starting
+    }
+}
+
+/// What the control client is asked to do. Every call returns at once; results come back as
+/// [`ControlEvent`]s through [`LocalBackend::control_event`].
+pub trait ControlClient: Send + Sync {
+    /// Connect (and register or re-register as needed) with these parameters.
+    fn start(&self, params: ControlParams);
+    /// Begin an interactive login; the URL comes back as [`ControlEvent::AuthUrl`].
+    fn login_interactive(&self);
+    /// Log out at the server (the core has already forgotten the node key).
+    fn logout(&self);
+    /// Stop talking to control (`WantRunning` off or shutdown).
+    fn stop(&self);
+}
+
+/// What the control client needs to connect. `Debug` never shows the keys or auth key.
+#[derive(Clone)]
+pub struct ControlParams {
+    /// Control server URL (already defaulted).
+    pub control_url: String,
+    /// The machine key.
+    pub machine_key: MachinePrivate,
+    /// The node key, if registered; the client makes one otherwise.
+    pub node_key: Option<NodePrivate>,
+    /// The previous node key, for rotation.
+    pub old_node_key: Option<NodePrivate>,
+    /// An auth key for unattended login (never persisted).
+    pub auth_key: Option<String>,
+    /// Hostname to register.
+    pub hostname: String,
+    /// Routes to advertise.
+    pub advertise_routes: Vec<IpPrefix>,
+    /// Tags to request.
+    pub advertise_tags: Vec<String>,
+}
+
+impl std::fmt::Debug for ControlParams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlParams")
+            .field("control_url", &self.control_url)
+            .field("machine_key", &self.machine_key)
+            .field("node_key", &self.node_key)
+            .field("auth_key", &self.auth_key.as_ref().map(|_| "<redacted>"))
+            .field("hostname", &self.hostname)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the control client reports.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum ControlEvent {
+    /// The user must visit this URL to log in.
+    AuthUrl(String),
+    /// Login completed: the keys and identity to persist.
+    LoginFinished {
+        /// The registered node key.
+        node_key: NodePrivate,
+        /// The previous node key, if it was rotated.
+        old_node_key: Option<NodePrivate>,
+        /// The logged-in identity and tailnet.
+        profile: state::Profile,
+    },
+    /// Whether the machine is approved by the tailnet admin.
+    MachineAuthorized(bool),
+    /// A new network map (summary the core needs for status; the full map goes to the parts).
+    NetMap(NetMapSummary),
+    /// The engine came up or went down.
+    EngineUp(bool),
+    /// Control logged the node out (key expired or deleted).
+    LoggedOut,
+    /// An error the user should see.
+    Error(String),
+}
+
+/// The parts of a network map the core keeps for status.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NetMapSummary {
+    /// This node's Tailscale addresses.
+    pub addresses: Vec<IpAddr>,
+    /// This node's MagicDNS name (with trailing dot).
+    pub dns_name: String,
+    /// The peers, as status shows them, keyed by their node key text.
+    pub peers: Vec<PeerStatus>,
+}
+
+struct Inner {
+    persisted: PersistedState,
+    started: bool,
+    state: BackendState,
+    auth_url: String,
+    needs_machine_auth: bool,
+    netmap: Option<NetMapSummary>,
+    engine_up: bool,
+    health: Vec<String>,
+}
+
+/// The core's LocalAPI backend: prefs, state machine and persistence.
+pub struct LocalBackend {
+    inner: Mutex<Inner>,
+    store: Box<dyn StateStore>,
+    control: Option<Arc<dyn ControlClient>>,
+    bus: broadcast::Sender<Notify>,
+    version: String,
+}
+
+/// What opening the state did, for the daemon to log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Opened {
+    /// A new node (nothing stored before); its first state was written.
+    NewNode,
+    /// The stored node.
+    Existing,
+    /// Go tailscaled's node, imported; its file was kept at this backup path.
+    ImportedFromGo(Option<String>),
+}
+
+impl LocalBackend {
+    /// Opens the store: loads the node (or makes a new one, or imports Go's), writes it if
+    /// that changed anything, and returns the backend. A damaged store is an error: the
+    /// daemon must not start (and must not register a new node over the old one).
+    pub fn open(
+        store: Box<dyn StateStore>,
+        control: Option<Arc<dyn ControlClient>>,
+        version: &str,
+    ) -> Result<(Self, Opened), StateError> {
+        let (persisted, opened) = match state::load(&*store)? {
+            Loaded::Empty => (PersistedState::new_node(), Opened::NewNode),
+            Loaded::Ours(s) => (s, Opened::Existing),
+            Loaded::FromGo { state, original } => {
+                let backup = store.back_up_foreign(&original)?;
+                (state, Opened::ImportedFromGo(backup))
+            }
+        };
+        store.write(&persisted.to_bytes())?;
+        let mut health = Vec::new();
+        if control.is_none() {
+            health.push(NO_CONTROL_CLIENT.to_string());
+        }
+        let backend = LocalBackend {
+            inner: Mutex::new(Inner {
+                persisted,
+                started: false,
+                state: BackendState::NoState,
+                auth_url: String::new(),
+                needs_machine_auth: false,
+                netmap: None,
+                engine_up: false,
+                health,
+            }),
+            store,
+            control,
+            bus: broadcast::channel(64).0,
+            version: version.to_string(),
+        };
+        Ok((backend, opened))
+    }
+
+    fn lock(&self) -> Result<MutexGuard<'_, Inner>, BackendError> {
+        self.inner
+            .lock()
+            .map_err(|_| BackendError::Internal("backend lock poisoned".into()))
+    }
+
+    /// The current state.
+    pub fn state(&self) -> BackendState {
+        self.lock().map(|g| g.state).unwrap_or_default()
+    }
+
+    fn send(&self, n: Notify) {
+        // No watchers is not an error.
+        let _ = self.bus.send(n);
+    }
+
+    /// Recomputes the state; announces it if it changed.
+    fn update_state(&self, g: &mut Inner) {
+        let p = &g.persisted;
+        let next = next_state(StateInputs {
+            started: g.started,
+            logged_in: p.node_key.is_some() && !p.prefs.logged_out,
+            want_running: p.prefs.want_running,
+            needs_machine_auth: g.needs_machine_auth,
+            have_netmap: g.netmap.is_some(),
+            engine_up: g.engine_up,
+        });
+        if next != g.state {
+            tracing::info!("state: {} -> {}", g.state, next);
+            g.state = next;
+            self.send(Notify {
+                state: Some(next.as_int()),
+                ..Notify::default()
+            });
+        }
+    }
+
+    /// Writes the state if it changed.
+    fn save(&self, g: &Inner) -> Result<(), BackendError> {
+        match self.store.write(&g.persisted.to_bytes()) {
+            Ok(wrote) => {
+                if wrote {
+                    tracing::debug!("state saved to {}", self.store.describe());
+                }
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!("{e}");
+                Err(BackendError::Internal(e.to_string()))
+            }
+        }
+    }
+
+    fn prefs_view(g: &Inner) -> Prefs {
+        let mut p = g.persisted.prefs.clone();
+        let prof = &g.persisted.profile;
+        p.config = Some(PersistView {
+            public_node_key: g
+                .persisted
+                .node_key
+                .as_ref()
+                .map(|k| k.public().to_string())
+                .unwrap_or_default(),
+            user_profile: prof.user_profile(),
+            node_id: prof.node_id.clone(),
+        });
+        p
+    }
+
+    fn control_params(g: &Inner, auth_key: Option<String>) -> Option<ControlParams> {
+        let p = &g.persisted;
+        Some(ControlParams {
+            control_url: p.prefs.control_url_or_default().to_string(),
+            machine_key: p.machine_key.clone()?,
+            node_key: p.node_key.clone(),
+            old_node_key: p.old_node_key.clone(),
+            auth_key,
+            hostname: p.prefs.hostname.clone(),
+            advertise_routes: p.prefs.advertise_routes.clone(),
+            advertise_tags: p.prefs.advertise_tags.clone(),
+        })
+    }
+
+    fn no_control(&self, what: &str) -> BackendError {
+        let msg = format!("{what}: {NO_CONTROL_CLIENT}");
+        self.send(Notify {
+            err_message: Some(msg.clone()),
+            ..Notify::default()
+        });
+        BackendError::Unavailable(msg)
+    }
+
+    /// Handles a report from the control client.
+    pub fn control_event(&self, ev: ControlEvent) -> Result<(), BackendError> {
+        let mut g = self.lock()?;
+        match ev {
+            ControlEvent::AuthUrl(url) => {
+                g.auth_url = url.clone();
+                self.send(Notify {
+                    browse_to_url: Some(url),
+                    ..Notify::default()
+                });
+            }
+            ControlEvent::LoginFinished {
+                node_key,
+                old_node_key,
+                profile,
+            } => {
+                g.auth_url.clear();
+                g.persisted.node_key = Some(node_key);
+                g.persisted.old_node_key = old_node_key;
+                g.persisted.profile = profile;
+                g.persisted.prefs.logged_out = false;
+                self.save(&g)?;
+                self.send(Notify {
+                    login_finished: Some(serde_json::json!({})),
+                    ..Notify::default()
+                });
+            }
+            ControlEvent::MachineAuthorized(ok) => g.needs_machine_auth = !ok,
+            ControlEvent::NetMap(nm) => g.netmap = Some(nm),
+            ControlEvent::EngineUp(up) => g.engine_up = up,
+            ControlEvent::LoggedOut => {
+                g.persisted.node_key = None;
+                g.persisted.old_node_key = None;
+                g.netmap = None;
+                self.save(&g)?;
+            }
+            ControlEvent::Error(msg) => self.send(Notify {
+                err_message: Some(msg),
+                ..Notify::default()
+            }),
+        }
+        self.update_state(&mut g);
+        Ok(())
+    }
+}
+
+fn os_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+fn check_prefs(p: &Prefs) -> Result<(), BackendError> {
+    if !p.exit_node_id.is_empty() && p.exit_node_ip.is_some() {
+        return Err(BackendError::BadRequest(
+            "ExitNodeID and ExitNodeIP cannot both be set".into(),
+        ));
+    }
+    if p.hostname.len() > 63 {
+        return Err(BackendError::BadRequest(format!(
+            "hostname {:?} is longer than 63 bytes",
+            p.hostname
+        )));
+    }
+    if !(0..=2).contains(&p.netfilter_mode) {
+        return Err(BackendError::BadRequest(format!(
+            "NetfilterMode {} is not 0, 1 or 2",
+            p.netfilter_mode
+        )));
+    }
+    Ok(())
+}
+
+impl Backend for LocalBackend {
+    fn status(&self, peers: bool) -> Status {
+        let Ok(g) = self.lock() else {
+            return Status::default();
+        };
+        let p = &g.persisted;
+        let ips = g
+            .netmap
+            .as_ref()
+            .map(|n| n.addresses.clone())
+            .unwrap_or_default();
+        let host = if p.prefs.hostname.is_empty() {
+            os_hostname()
+        } else {
+            p.prefs.hostname.clone()
+        };
+        let me = PeerStatus {
+            id: p.profile.node_id.clone(),
+            public_key: p
+                .node_key
+                .as_ref()
+                .map(|k| k.public())
+                .unwrap_or_default()
+                .to_string(),
+            host_name: host,
+            dns_name: g
+                .netmap
+                .as_ref()
+                .map(|n| n.dns_name.clone())
+                .unwrap_or_default(),
+            os: "linux".into(),
+            user_id: p.profile.user_id,
+            tailscale_ips: ips.clone(),
+            online: g.state == BackendState::Running,
+            in_network_map: g.netmap.is_some(),
+            ..PeerStatus::default()
+        };
+        let mut st = Status {
+            version: self.version.clone(),
+            tun: true,
+            backend_state: g.state.to_string(),
+            have_node_key: p.node_key.is_some(),
+            auth_url: g.auth_url.clone(),
+            tailscale_ips: ips,
+            self_status: Some(me),
+            health: g.health.clone(),
+            magic_dns_suffix: p.profile.magic_dns_suffix.clone(),
+            ..Status::default()
+        };
+        if !p.profile.tailnet_domain.is_empty() {
+            st.current_tailnet = Some(TailnetStatus {
+                name: p.profile.tailnet_domain.clone(),
+                magic_dns_suffix: p.profile.magic_dns_suffix.clone(),
+                magic_dns_enabled: !p.profile.magic_dns_suffix.is_empty(),
+            });
+        }
+        if !p.profile.login_name.is_empty() {
+            st.user
+                .insert(p.profile.user_id.to_string(), p.profile.user_profile());
+        }
+        if peers {
+            for ps in g.netmap.iter().flat_map(|n| n.peers.iter()) {
+                st.peer.insert(ps.public_key.clone(), ps.clone());
+            }
+        }
+        st
+    }
+
+    fn prefs(&self) -> Prefs {
+        self.lock()
+            .map(|g| Self::prefs_view(&g))
+            .unwrap_or_default()
+    }
+
+    fn edit_prefs(&self, mp: MaskedPrefs) -> Result<Prefs, BackendError> {
+        let mut g = self.lock()?;
+        let mut p = g.persisted.prefs.clone();
+        mp.apply_to(&mut p);
+        check_prefs(&p)?;
+        let was_running = g.persisted.prefs.want_running;
+        g.persisted.prefs = p;
+        self.save(&g)?;
+        let view = Self::prefs_view(&g);
+        self.send(Notify {
+            prefs: Some(view.clone()),
+            ..Notify::default()
+        });
+        if was_running && !g.persisted.prefs.want_running {
+            if let Some(c) = &self.control {
+                c.stop();
+            }
+            g.netmap = None;
+            g.engine_up = false;
+        }
+        self.update_state(&mut g);
+        Ok(view)
+    }
+
+    fn start(&self, opts: Options) -> Result<(), BackendError> {
+        let mut g = self.lock()?;
+        if let Some(mut p) = opts.update_prefs {
+            check_prefs(&p)?;
+            p.config = None;
+            g.persisted.prefs = p;
+            self.save(&g)?;
+            self.send(Notify {
+                prefs: Some(Self::prefs_view(&g)),
+                ..Notify::default()
+            });
+        }
+        g.started = true;
+        self.update_state(&mut g);
+        let Some(control) = &self.control else {
+            return Err(self.no_control("start"));
+        };
+        if g.persisted.prefs.want_running || g.persisted.node_key.is_none() {
+            let auth_key = (!opts.auth_key.is_empty()).then_some(opts.auth_key);
+            if let Some(params) = Self::control_params(&g, auth_key) {
+                control.start(params);
+            }
+        }
+        Ok(())
+    }
+
+    fn login_interactive(&self) -> Result<(), BackendError> {
+        let mut g = self.lock()?;
+        g.started = true;
+        self.update_state(&mut g);
+        let Some(control) = &self.control else {
+            return Err(self.no_control("login"));
+        };
+        control.login_interactive();
+        Ok(())
+    }
+
+    fn logout(&self) -> Result<(), BackendError> {
+        let mut g = self.lock()?;
+        g.persisted.node_key = None;
+        g.persisted.old_node_key = None;
+        g.persisted.profile = state::Profile {
+            control_url: g.persisted.profile.control_url.clone(),
+            ..state::Profile::default()
+        };
+        g.persisted.prefs.logged_out = true;
+        g.persisted.prefs.want_running = false;
+        g.netmap = None;
+        g.engine_up = false;
+        g.auth_url.clear();
+        self.save(&g)?;
+        if let Some(c) = &self.control {
+            c.logout();
+        }
+        self.send(Notify {
+            prefs: Some(Self::prefs_view(&g)),
+            ..Notify::default()
+        });
+        self.update_state(&mut g);
+        Ok(())
+    }
+
+    fn watch(&self, mask: u64) -> (Vec<Notify>, broadcast::Receiver<Notify>) {
+        // Subscribe under the lock, so nothing falls between the snapshot and the stream.
+        let g = self.lock();
+        let rx = self.bus.subscribe();
+        let mut first = Notify {
+            version: Some(self.version.clone()),
+            ..Notify::default()
+        };
+        if let Ok(g) = g {
+            if mask & watch::INITIAL_STATE != 0 {
+                first.state = Some(g.state.as_int());
+                if !g.auth_url.is_empty() {
+                    first.browse_to_url = Some(g.auth_url.clone());
+                }
+            }
+            if mask & watch::INITIAL_PREFS != 0 {
+                first.prefs = Some(Self::prefs_view(&g));
+            }
+        }
+        (vec![first], rx)
+    }
+}
+
+/// The public node key, if the node has one (for logs: never the private half).
+pub fn node_public(st: &PersistedState) -> Option<NodePublic> {
+    st.node_key.as_ref().map(|k| k.public())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::MemStore;
+
+    #[test]
+    fn transitions_follow_go() {
+        use BackendState::*;
+        let base = StateInputs {
+            started: true,
+            logged_in: true,
+            want_running: true,
+            ..StateInputs::default()
+        };
+        let cases = [
+            (StateInputs::default(), NoState),
+            (
+                StateInputs {
+                    logged_in: false,
+                    ..base
+                },
+                NeedsLogin,
+            ),
+            (
+                StateInputs {
+                    want_running: false,
+                    ..base
+                },
+                Stopped,
+            ),
+            (
+                StateInputs {
+                    needs_machine_auth: true,
+                    ..base
+                },
+                NeedsMachineAuth,
+            ),
+            (base, Starting),
+            (
+                StateInputs {
+                    have_netmap: true,
+                    ..base
+                },
+                Starting,
+            ),
+            (
+                StateInputs {
+                    have_netmap: true,
+                    engine_up: true,
+                    ..base
+                },
+                Running,
+            ),
+            (
+                StateInputs {
+                    want_running: false,
+                    needs_machine_auth: true,
+                    ..base
+                },
+                Stopped,
+            ),
+        ];
+        for (i, want) in cases {
+            assert_eq!(next_state(i), want, "{i:?}");
+        }
+    }
+
+    fn backend(control: Option<Arc<dyn ControlClient>>) -> LocalBackend {
+        LocalBackend::open(Box::new(MemStore::new()), control, "test")
+            .unwrap()
+            .0
+    }
+
+    #[test]
+    fn without_control_start_and_login_fail_clearly() {
+        let b = backend(None);
+        let (_, mut rx) = b.watch(0);
+        assert_eq!(b.state(), BackendState::NoState);
+        let opts = Options {
+            update_prefs: Some(Prefs {
+                want_running: true,
+                hostname: "gw".into(),
+                ..Prefs::default()
+            }),
+            ..Options::default()
+        };
+        let e = b.start(opts).unwrap_err();
+        assert!(matches!(e, BackendError::Unavailable(_)));
+        assert!(e.to_string().contains("no control client"), "{e}");
+        assert_eq!(b.state(), BackendState::NeedsLogin);
+        assert_eq!(b.prefs().hostname, "gw", "prefs applied and saved");
+        let st = b.status(true);
+        assert_eq!(st.backend_state, "NeedsLogin");
+        assert!(st.health.iter().any(|h| h.contains("no control client")));
+        assert!(b.login_interactive().is_err());
+        let mut saw_err = false;
+        while let Ok(n) = rx.try_recv() {
+            saw_err |= n
+                .err_message
+                .is_some_and(|m| m.contains("no control client"));
+        }
+        assert!(saw_err, "ErrMessage on the bus");
+    }
+
+    #[derive(Default)]
+    struct FakeControl {
+        calls: Mutex<Vec<String>>,
+    }
+    impl ControlClient for FakeControl {
+        fn start(&self, p: ControlParams) {
+            if let Ok(mut c) = self.calls.lock() {
+                c.push(format!("start {}", p.control_url));
+            }
+        }
+        fn login_interactive(&self) {
+            if let Ok(mut c) = self.calls.lock() {
+                c.push("login".into());
+            }
+        }
+        fn logout(&self) {}
+        fn stop(&self) {}
+    }
+
+    #[test]
+    fn control_events_drive_the_states() {
+        let fc = Arc::new(FakeControl::default());
+        let b = backend(Some(fc.clone()));
+        let opts = Options {
+            update_prefs: Some(Prefs {
+                want_running: true,
+                ..Prefs::default()
+            }),
+            ..Options::default()
+        };
+        b.start(opts).unwrap();
+        assert_eq!(b.state(), BackendState::NeedsLogin);
+        assert_eq!(
+            fc.calls.lock().unwrap().as_slice(),
+            ["start https://controlplane.tailscale.com"]
+        );
+        b.control_event(ControlEvent::AuthUrl("https://login.example/x".into()))
+            .unwrap();
+        assert_eq!(b.status(false).auth_url, "https://login.example/x");
+        b.control_event(ControlEvent::LoginFinished {
+            node_key: NodePrivate::generate(),
+            old_node_key: None,
+            profile: state::Profile {
+                login_name: "a@b".into(),
+                ..state::Profile::default()
+            },
+        })
+        .unwrap();
+        assert_eq!(b.state(), BackendState::Starting);
+        b.control_event(ControlEvent::MachineAuthorized(false))
+            .unwrap();
+        assert_eq!(b.state(), BackendState::NeedsMachineAuth);
+        b.control_event(ControlEvent::MachineAuthorized(true))
+            .unwrap();
+        b.control_event(ControlEvent::NetMap(NetMapSummary {
+            addresses: vec!["100.64.0.1".parse().unwrap()],
+            ..NetMapSummary::default()
+        }))
+        .unwrap();
+        b.control_event(ControlEvent::EngineUp(true)).unwrap();
+        assert_eq!(b.state(), BackendState::Running);
+        assert_eq!(b.status(true).tailscale_ips.len(), 1);
+        let mp = MaskedPrefs {
+            want_running_set: true,
+            ..MaskedPrefs::default()
+        };
+        b.edit_prefs(mp).unwrap();
+        assert_eq!(b.state(), BackendState::Stopped);
+        b.logout().unwrap();
+        assert_eq!(b.state(), BackendState::NeedsLogin);
+        assert!(!b.status(false).have_node_key);
+    }
+
+    #[test]
+    fn bad_prefs_are_refused() {
+        let b = backend(None);
+        let mut mp = MaskedPrefs::default();
+        mp.prefs.exit_node_id = "n1".into();
+        mp.prefs.exit_node_ip = Some("100.64.0.2".parse().unwrap());
+        mp.exit_node_id_set = true;
+        mp.exit_node_ip_set = true;
+        assert!(matches!(b.edit_prefs(mp), Err(BackendError::BadRequest(_))));
+    }
+}
