@@ -386,6 +386,12 @@ impl Transport {
         }
     }
 
+    /// An established channel from raw keys, skipping the handshake: for fuzzing and for
+    /// tests that need both ends of a session. Real sessions come from [`Initiator`].
+    pub fn with_keys(tx: &[u8; 32], rx: &[u8; 32]) -> Self {
+        Self::new(tx, rx, [0; 32])
+    }
+
     /// The handshake hash, which binds other messages to this session.
     pub fn handshake_hash(&self) -> &[u8; 32] {
         &self.handshake_hash
