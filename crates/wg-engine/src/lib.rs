@@ -6,4 +6,20 @@
 //! state machine; the socket drivers are thin.
 //! It knows nothing of the control protocol or DNS: it is configured by plain values.
 //!
-//! Status: crate boundary only; the engine lands with issue 4.
+//! What exists so far (issue 4), each a sans-IO core fed bytes and `Instant`s:
+//!
+//! - [`nacl`]: NaCl `crypto_box` with a precomputed key per peer, as DERP and disco use it.
+//! - [`derp`]: the DERP frame codec ([`derp::Frame`]), the HTTP upgrade, the client connection
+//!   state machine ([`derp::Connection`]) and a thin tokio driver ([`derp::client`]).
+//! - [`disco`]: disco packets and messages (Ping, Pong, CallMeMaybe), sealing with per-peer
+//!   keys, and the classifier that tells disco, STUN and WireGuard apart on one UDP socket.
+//! - [`stun`]: the binding request Tailscale sends and the parsing of the answer.
+//!
+//! Parsers meant for fuzzing: [`derp::Frame::parse`], [`derp::http::parse_upgrade_response`],
+//! [`disco::Packet::parse`], [`disco::Message::parse`], [`disco::classify`],
+//! [`stun::parse_response`] and [`stun::parse_binding_request`].
+
+pub mod derp;
+pub mod disco;
+pub mod nacl;
+pub mod stun;
