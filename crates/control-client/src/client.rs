@@ -2,7 +2,7 @@
 
 use crate::early::{self, Early};
 use crate::framing::{Limits, MapDecoder};
-use crate::http1::{self, ControlUrl};
+use crate::http1::{self, ControlUrl, Scheme};
 use crate::noise::{Handshake, Initiator};
 use crate::stream::NoiseStream;
 use crate::{CAPABILITY_VERSION, Error};
@@ -17,6 +17,9 @@ use tailcfg::{
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
+
+mod dial;
+mod tls;
 
 /// The most bytes read from a register answer (headscale caps requests at 1 MiB too).
 const MAX_REGISTER_BODY: usize = 1 << 20;
@@ -35,6 +38,9 @@ pub struct ConnectOptions {
     pub map_watchdog: Duration,
     /// Size limits of map messages.
     pub limits: Limits,
+    /// A PEM bundle to trust for TLS instead of `SSL_CERT_FILE` or the system bundle: a
+    /// private CA (a self-hosted headscale), or tests.
+    pub tls_roots: Option<std::path::PathBuf>,
 }
 
 impl Default for ConnectOptions {
@@ -44,6 +50,7 @@ impl Default for ConnectOptions {
             request_timeout: Duration::from_secs(60),
             map_watchdog: Duration::from_secs(120),
             limits: Limits::default(),
+            tls_roots: None,
         }
     }
 }
@@ -79,21 +86,38 @@ async fn timed<T>(
         .map_err(|_| Error::Timeout(what))?
 }
 
-/// Fetches the server's Noise key with `GET /key?v=<capability version>`.
-pub async fn fetch_server_key(url: &str) -> Result<MachinePublic, Error> {
-    let u = ControlUrl::parse(url)?;
-    let mut io = TcpStream::connect(&u.dial)
+/// Opens TCP to `host:port`, with TLS on top for HTTPS (the given configuration, else one
+/// with the system roots).
+async fn open(
+    scheme: Scheme,
+    host: &str,
+    port: u16,
+    tls_cfg: Option<Arc<rustls::ClientConfig>>,
+) -> Result<Box<dyn Io>, Error> {
+    let tcp = TcpStream::connect(http1::dial_addr(host, port))
         .await
         .map_err(Error::io("connecting to control"))?;
+    let _ = tcp.set_nodelay(true);
+    match scheme {
+        Scheme::Http => Ok(Box::new(tcp)),
+        Scheme::Https => {
+            let cfg = match tls_cfg {
+                Some(c) => c,
+                None => tls::system_config()?,
+            };
+            Ok(Box::new(tls::connect(tcp, host, cfg).await?))
+        }
+    }
+}
+
+/// A byte stream to control: TCP or TLS over TCP.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for S {}
+
+/// `GET /key?v=…` over an open stream.
+async fn key_over(mut io: Box<dyn Io>, authority: &str) -> Result<MachinePublic, Error> {
     let path = format!("/key?v={CAPABILITY_VERSION}");
-    http1::write_request(
-        &mut io,
-        "GET",
-        &path,
-        &u.authority,
-        &[("Connection", "close")],
-    )
-    .await?;
+    http1::write_request(&mut io, "GET", &path, authority, &[("Connection", "close")]).await?;
     let (head, rest) = http1::read_head(&mut io).await?;
     let body = http1::read_body(&mut io, &head, rest, http1::MAX_SMALL_BODY).await?;
     if head.status != 200 {
@@ -111,9 +135,30 @@ pub async fn fetch_server_key(url: &str) -> Result<MachinePublic, Error> {
     Ok(resp.public_key)
 }
 
+async fn fetch_key(
+    u: &ControlUrl,
+    tls_cfg: Option<Arc<rustls::ClientConfig>>,
+) -> Result<MachinePublic, Error> {
+    let io = open(u.scheme, &u.host, u.effective_port(), tls_cfg).await?;
+    key_over(io, &u.authority).await
+}
+
+/// Fetches the server's Noise key with `GET /key?v=<capability version>`, over the URL's own
+/// scheme and port: TLS for `https://` (roots from `SSL_CERT_FILE` or the system bundle).
+pub async fn fetch_server_key(url: &str) -> Result<MachinePublic, Error> {
+    fetch_key(&ControlUrl::parse(url)?, None).await
+}
+
 impl ControlClient {
     /// Connects with default options: fetches the server key, dials, upgrades to ts2021 and
-    /// starts HTTP/2. `url` is the control URL (`http://host:port`; TLS is not supported yet).
+    /// starts HTTP/2. `url` is the control URL, `http://` or `https://`.
+    ///
+    /// `/key` goes over the URL's scheme and port. The upgrade follows Go's dial policy
+    /// (protocol.md §2.2): without a port, plain HTTP on 80 and, after 500 ms, HTTPS on 443,
+    /// the first to finish winning; `http://` with a port adds the 443 fallback unless the
+    /// host is local or private; `https://` with a port dials only that. TLS trusts the PEM
+    /// bundle in `SSL_CERT_FILE`, else `/etc/ssl/certs/ca-certificates.crt`, else
+    /// `/etc/ssl/cert.pem`.
     pub async fn connect(url: &str, machine_key: &MachinePrivate) -> Result<Self, Error> {
         Self::connect_with(url, machine_key, ConnectOptions::default()).await
     }
@@ -126,19 +171,36 @@ impl ControlClient {
     ) -> Result<Self, Error> {
         let t = opts.connect_timeout;
         timed(t, "connecting to control", async {
-            let u = ControlUrl::parse(url)?;
-            let server_key = fetch_server_key(url).await?;
-            let io = TcpStream::connect(&u.dial)
-                .await
-                .map_err(Error::io("connecting to control"))?;
-            let _ = io.set_nodelay(true);
-            Self::connect_over(io, &u.authority, server_key, machine_key, opts).await
+            let u = Arc::new(ControlUrl::parse(url)?);
+            // An https:// URL needs roots for /key anyway: load them once, up front, so a
+            // missing bundle is the error. For http:// URLs the 443 fallback loads its own.
+            let tls_cfg = match (u.scheme, &opts.tls_roots) {
+                (_, Some(bundle)) => Some(tls::config_from_file(bundle)?),
+                (Scheme::Https, None) => Some(tls::system_config()?),
+                (Scheme::Http, None) => None,
+            };
+            let server_key = fetch_key(&u, tls_cfg.clone()).await?;
+            let plan = dial::plan(&u);
+            let machine_key = machine_key.clone();
+            dial::race(&plan, u.scheme, |a| {
+                let (u, tls_cfg, machine_key, opts) = (
+                    Arc::clone(&u),
+                    tls_cfg.clone(),
+                    machine_key.clone(),
+                    opts.clone(),
+                );
+                async move {
+                    let io = open(a.scheme, &u.host, a.port, tls_cfg).await?;
+                    Self::connect_over(io, &u.authority, server_key, &machine_key, opts).await
+                }
+            })
+            .await
         })
         .await
     }
 
     /// The upgrade, Noise handshake, early payload and HTTP/2 set-up over an open stream
-    /// (plain TCP, or anything else that carries the HTTP/1 upgrade).
+    /// (plain TCP, TLS, or anything else that carries the HTTP/1 upgrade).
     pub async fn connect_over<S>(
         mut io: S,
         authority: &str,

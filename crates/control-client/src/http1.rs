@@ -1,4 +1,4 @@
-//! The little HTTP/1.1 the ts2021 dial needs, over plain TCP: `GET /key` and the
+//! The little HTTP/1.1 the ts2021 dial needs, over TCP or TLS: `GET /key` and the
 //! `POST /ts2021` upgrade. Responses are read head first; whatever the server sent after the
 //! head (the Noise response, early records) is handed back to the caller.
 
@@ -10,47 +10,96 @@ const MAX_HEAD: usize = 16 * 1024;
 /// The most body bytes accepted from `/key` or an error answer.
 pub(crate) const MAX_SMALL_BODY: usize = 64 * 1024;
 
-/// A parsed control URL: where to dial and what to call the host.
+/// A control URL's scheme.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Scheme {
+    /// Plain HTTP (the Noise channel still encrypts ts2021).
+    Http,
+    /// HTTP over TLS.
+    Https,
+}
+
+impl Scheme {
+    /// The port used when the URL names none.
+    pub(crate) fn default_port(self) -> u16 {
+        match self {
+            Scheme::Http => 80,
+            Scheme::Https => 443,
+        }
+    }
+}
+
+/// A parsed control URL: scheme, host, port, and what to call the host.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ControlUrl {
-    /// `host:port` to dial.
-    pub(crate) dial: String,
+    /// `http` or `https`.
+    pub(crate) scheme: Scheme,
+    /// The host without brackets: a DNS name or an IP literal.
+    pub(crate) host: String,
+    /// The port written in the URL, if any.
+    pub(crate) port: Option<u16>,
     /// The authority for `Host:` and HTTP/2 (`host` or `host:port` as written).
     pub(crate) authority: String,
 }
 
 impl ControlUrl {
     pub(crate) fn parse(url: &str) -> Result<Self, Error> {
-        if url.starts_with("https://") {
-            return Err(Error::Unsupported(
-                "https:// control URLs need TLS, which this client does not have yet",
-            ));
-        }
-        let rest = url
-            .strip_prefix("http://")
-            .ok_or_else(|| Error::Url(url.to_owned()))?;
+        let (scheme, rest) = if let Some(r) = url.strip_prefix("http://") {
+            (Scheme::Http, r)
+        } else if let Some(r) = url.strip_prefix("https://") {
+            (Scheme::Https, r)
+        } else {
+            return Err(Error::Url(url.to_owned()));
+        };
+        let bad = || Error::Url(url.to_owned());
         let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
         if authority.is_empty() || authority.contains('@') {
-            return Err(Error::Url(url.to_owned()));
+            return Err(bad());
         }
         // "[v6]:port", "[v6]", "host:port", "host".
-        let has_port = match authority.rfind(']') {
-            Some(i) => authority[i..].contains(':'),
-            None => authority.contains(':'),
-        };
-        let dial = if has_port {
-            let port = authority.rsplit(':').next().unwrap_or_default();
-            if port.parse::<u16>().is_err() {
-                return Err(Error::Url(url.to_owned()));
+        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+            let (h, after) = v6.split_once(']').ok_or_else(bad)?;
+            let port = match after {
+                "" => None,
+                p => Some(p.strip_prefix(':').ok_or_else(bad)?),
+            };
+            if h.parse::<std::net::Ipv6Addr>().is_err() {
+                return Err(bad());
             }
-            authority.to_owned()
+            (h, port)
         } else {
-            format!("{authority}:80")
+            match authority.split_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (authority, None),
+            }
+        };
+        if host.is_empty() {
+            return Err(bad());
+        }
+        let port = match port {
+            Some(p) => Some(p.parse::<u16>().map_err(|_| bad())?),
+            None => None,
         };
         Ok(Self {
-            dial,
+            scheme,
+            host: host.to_owned(),
+            port,
             authority: authority.to_owned(),
         })
+    }
+
+    /// The port this URL's own scheme reaches (`/key` is fetched there).
+    pub(crate) fn effective_port(&self) -> u16 {
+        self.port.unwrap_or(self.scheme.default_port())
+    }
+}
+
+/// `host:port` for a socket address lookup, with brackets around IPv6 literals.
+pub(crate) fn dial_addr(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
     }
 }
 
@@ -198,25 +247,31 @@ mod tests {
     fn urls() {
         let u = ControlUrl::parse("http://127.0.0.1:8080/").unwrap();
         assert_eq!(
-            (u.dial.as_str(), u.authority.as_str()),
-            ("127.0.0.1:8080", "127.0.0.1:8080")
+            (u.scheme, u.host.as_str(), u.port, u.authority.as_str()),
+            (Scheme::Http, "127.0.0.1", Some(8080), "127.0.0.1:8080")
         );
         let u = ControlUrl::parse("http://hs.example.com").unwrap();
-        assert_eq!(u.dial, "hs.example.com:80");
+        assert_eq!((u.port, u.effective_port()), (None, 80));
+        let u = ControlUrl::parse("https://hs.example.com/path").unwrap();
+        assert_eq!((u.scheme, u.effective_port()), (Scheme::Https, 443));
+        assert_eq!(u.authority, "hs.example.com");
         let u = ControlUrl::parse("http://[::1]:9").unwrap();
-        assert_eq!(u.dial, "[::1]:9");
-        let u = ControlUrl::parse("http://[::1]/x").unwrap();
-        assert_eq!(u.dial, "[::1]:80");
-        assert!(matches!(
-            ControlUrl::parse("https://x"),
-            Err(Error::Unsupported(_))
-        ));
+        assert_eq!((u.host.as_str(), u.port), ("::1", Some(9)));
+        assert_eq!(dial_addr(&u.host, 9), "[::1]:9");
+        let u = ControlUrl::parse("https://[::1]/x").unwrap();
+        assert_eq!((u.host.as_str(), u.effective_port()), ("::1", 443));
+        assert_eq!(dial_addr("h", 1), "h:1");
         for bad in [
             "ftp://x",
             "http://",
+            "https://",
             "http://h:99999",
             "http://u@h",
             "http://h:x",
+            "http://:80",
+            "http://[::1",
+            "http://[::1]x",
+            "http://[nope]:1",
         ] {
             assert!(
                 matches!(ControlUrl::parse(bad), Err(Error::Url(_))),

@@ -1,5 +1,6 @@
 //! Interop with a real headscale on loopback: register with a pre-auth key and receive the
-//! first full network map; a bad key gives a clear error.
+//! first full network map; a bad key gives a clear error; the same over TLS with a private CA
+//! trusted through `ConnectOptions::tls_roots`, and a clear TLS error for a CA that is not trusted.
 //!
 //! Needs a headscale binary: `$TAILROUTER_HEADSCALE`, else the newest
 //! `$HOME/.cache/tailrouter/peers/headscale-*/bin/headscale` (`interop/install-peers.sh`
@@ -9,7 +10,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use control_client::{ControlClient, Error, NetworkMap};
+use control_client::{ConnectOptions, ControlClient, Error, NetworkMap};
 use std::io::{Read, Write};
 use std::net::{IpAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -81,10 +82,16 @@ struct Headscale {
     child: Child,
     url: String,
     port: u16,
+    tls: bool,
 }
 
 impl Headscale {
     fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// Starts headscale serving TLS with this certificate and key (PEM files) when given.
+    fn start_with(tls: Option<(&Path, &Path)>) -> Self {
         static N: AtomicU32 = AtomicU32::new(0);
         let bin = find_headscale();
         let dir = std::env::temp_dir().join(format!(
@@ -95,10 +102,19 @@ impl Headscale {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let port = free_tcp_port();
-        let url = format!("http://127.0.0.1:{port}");
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let url = format!("{scheme}://127.0.0.1:{port}");
         let d = dir.display();
+        let tls_config = match tls {
+            Some((cert, key)) => format!(
+                "tls_cert_path: {}\ntls_key_path: {}\n",
+                cert.display(),
+                key.display()
+            ),
+            None => String::new(),
+        };
         let config = format!(
-            r#"server_url: {url}
+            r#"{tls_config}server_url: {url}
 listen_addr: 127.0.0.1:{port}
 metrics_listen_addr: 127.0.0.1:{metrics}
 grpc_listen_addr: 127.0.0.1:{grpc}
@@ -173,6 +189,7 @@ taildrop:
             child,
             url,
             port,
+            tls: tls.is_some(),
         };
         hs.wait_healthy(Duration::from_secs(30));
         hs
@@ -203,6 +220,10 @@ taildrop:
         let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
             return false;
         };
+        if self.tls {
+            // The listener is up; the TLS client under test is what checks the rest.
+            return true;
+        }
         let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
         let req = "GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
         if s.write_all(req.as_bytes()).is_err() {
@@ -592,4 +613,188 @@ async fn interactive_login_with_auth_url_and_followup() {
         assert!(done.auth_url.is_empty());
     })
     .await;
+}
+
+/// Runs `openssl` with `args` in `dir`; fails the test with its output if it fails.
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run openssl (needed to make test certificates): {e}"));
+    assert!(
+        out.status.success(),
+        "openssl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Makes `<name>-ca.pem` (a CA) and `<name>-leaf.pem`/`<name>-leaf.key` (a server
+/// certificate for IP 127.0.0.1 signed by it) in `dir`.
+fn make_ca_and_leaf(dir: &Path, name: &str) {
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let (ca_key, ca) = (format!("{name}-ca.key"), format!("{name}-ca.pem"));
+    let mut args = vec!["req", "-x509"];
+    args.extend(ec);
+    let subj = format!("/CN=tailrouter test CA {name}");
+    args.extend([
+        "-keyout",
+        &ca_key,
+        "-out",
+        &ca,
+        "-days",
+        "2",
+        "-subj",
+        &subj,
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+    ]);
+    openssl(dir, &args);
+    let (key, csr, leaf) = (
+        format!("{name}-leaf.key"),
+        format!("{name}-leaf.csr"),
+        format!("{name}-leaf.pem"),
+    );
+    let mut args = vec!["req"];
+    args.extend(ec);
+    args.extend(["-keyout", &key, "-out", &csr, "-subj", "/CN=127.0.0.1"]);
+    openssl(dir, &args);
+    let ext = format!("{name}-ext.cnf");
+    std::fs::write(
+        dir.join(&ext),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=critical,CA:FALSE\n\
+         keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            &ca,
+            "-CAkey",
+            &ca_key,
+            "-CAcreateserial",
+            "-out",
+            &leaf,
+            "-days",
+            "2",
+            "-extfile",
+            &ext,
+        ],
+    );
+}
+
+/// One https:// case against the TLS headscale, trusting only `roots`. `expect` says what
+/// must happen: `map` (register over TLS and receive the first map), `untrusted` (a TLS error
+/// naming the unknown issuer), `noroots` (the no-roots error).
+async fn tls_case(url: &str, roots: &Path, expect: &str, auth_key: &str) {
+    let machine = MachinePrivate::generate();
+    let node = NodePrivate::generate();
+    let mut opts = ConnectOptions::default();
+    opts.tls_roots = Some(roots.to_path_buf());
+    bounded(async {
+        let res = ControlClient::connect_with(url, &machine, opts).await;
+        match expect {
+            "untrusted" => {
+                let e = res.unwrap_err();
+                eprintln!("untrusted CA error: {e}");
+                assert!(matches!(e, Error::Io { .. }), "{e:?}");
+                let text = e.to_string();
+                assert!(
+                    text.starts_with("TLS handshake with control: invalid peer certificate"),
+                    "{text}"
+                );
+                assert!(text.contains("UnknownIssuer"), "{text}");
+            }
+            "noroots" => {
+                let e = res.unwrap_err();
+                eprintln!("no roots error: {e}");
+                let text = e.to_string();
+                assert!(
+                    text.starts_with("loading TLS root certificates: no CA certificates found"),
+                    "{text}"
+                );
+            }
+            "map" => {
+                let client = res.unwrap();
+                assert!(client.early_noise().is_some());
+                let mut reg = RegisterRequest::default();
+                reg.node_key = node.public();
+                reg.hostinfo = Some(hostinfo());
+                reg.auth = Some(RegisterAuth::with_auth_key(auth_key));
+                assert!(client.register(reg).await.unwrap().machine_authorized);
+                let mut req = MapRequest::default();
+                req.node_key = node.public();
+                req.disco_key = tailcfg::key::DiscoPrivate::generate().public();
+                req.stream = true;
+                req.keep_alive = true;
+                req.compress = "zstd".into();
+                req.hostinfo = Some(hostinfo());
+                let mut stream = client.map_stream(req).await.unwrap();
+                let mut nm = NetworkMap::new();
+                while nm.self_node.is_none() {
+                    nm.apply(stream.next().await.expect("map stream ended").unwrap())
+                        .unwrap();
+                }
+                let me = nm.self_node.as_ref().unwrap();
+                assert_eq!(me.key, node.public());
+                assert_eq!(me.machine, machine.public());
+                assert!(!me.addresses.is_empty());
+                assert!(nm.derp_map.is_some());
+                eprintln!(
+                    "registered over TLS; first map has {} peers",
+                    nm.peers.len()
+                );
+            }
+            other => panic!("unknown TLS case {other:?}"),
+        }
+    })
+    .await;
+}
+
+#[test]
+fn tls_to_headscale_with_a_private_ca() {
+    let dir = std::env::temp_dir().join(format!("trtls-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    make_ca_and_leaf(&dir, "good");
+    make_ca_and_leaf(&dir, "other");
+    let hs = Headscale::start_with(Some((
+        &dir.join("good-leaf.pem"),
+        &dir.join("good-leaf.key"),
+    )));
+    assert!(hs.url.starts_with("https://127.0.0.1:"), "{}", hs.url);
+    let key = hs.user_and_key("tls");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    // Trusted: /key and the upgrade both over TLS (an https URL with a port dials only that).
+    rt.block_on(tls_case(&hs.url, &dir.join("good-ca.pem"), "map", &key));
+    // A CA the server's certificate does not chain to.
+    rt.block_on(tls_case(
+        &hs.url,
+        &dir.join("other-ca.pem"),
+        "untrusted",
+        &key,
+    ));
+    // A bundle with no certificates in it.
+    std::fs::write(dir.join("empty.pem"), "").unwrap();
+    rt.block_on(tls_case(&hs.url, &dir.join("empty.pem"), "noroots", &key));
+    drop(hs);
+    let _ = std::fs::remove_dir_all(&dir);
 }
