@@ -6,4 +6,8 @@
 //! directions with connection tracking, and injection of packets the node itself generates.
 //! No feature combination may make a hook panic.
 //!
-//! Status: crate boundary only; the device and hooks land with issue 4.
+//! Status (issue 4): the packet filter ([`filter`]) is Tailscale's, sans-IO: rules compiled
+//! from the netmap, a bounded flow table driven by the caller's clock, and a zero-copy packet
+//! summary parser. The TUN device and the hooks are to come.
+
+pub mod filter;
