@@ -81,7 +81,7 @@ go_mod_go() {
 # ---------------------------------------------------------------- Debian packages
 install_debs() {
     [ "${TAILROUTER_SKIP_APT:-0}" = 1 ] && { log "TAILROUTER_SKIP_APT=1: not checking Debian packages"; return 0; }
-    local required="iproute2 iputils-ping iperf3 dnsutils curl jq openssl"
+    local required="iproute2 iputils-ping iperf3 dnsutils curl jq openssl wireguard-go wireguard-tools"
     local optional="sqlite3"
     local missing_req="" missing_opt="" p
     for p in $required; do

@@ -6,8 +6,11 @@
 //! directions with connection tracking, and injection of packets the node itself generates.
 //! No feature combination may make a hook panic.
 //!
-//! Status (issue 4): the packet filter ([`filter`]) is Tailscale's, sans-IO: rules compiled
-//! from the netmap, a bounded flow table driven by the caller's clock, and a zero-copy packet
-//! summary parser. The TUN device and the hooks are to come.
+//! Status (issue 4): [`tun`], the kernel TUN device with non-blocking tokio I/O and batched
+//! reads and writes. The hooks are to come.
+//!
+//! The packet filter ([`filter`]) is Tailscale's, sans-IO: rules compiled from the netmap, a
+//! bounded flow table driven by the caller's clock, and a zero-copy packet summary parser.
 
 pub mod filter;
+pub mod tun;

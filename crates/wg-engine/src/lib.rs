@@ -14,6 +14,8 @@
 //! - [`disco`]: disco packets and messages (Ping, Pong, CallMeMaybe), sealing with per-peer
 //!   keys, and the classifier that tells disco, STUN and WireGuard apart on one UDP socket.
 //! - [`stun`]: the binding request Tailscale sends and the parsing of the answer.
+//! - [`wireguard`]: peers on boringtun's sans-IO `Tunn` ([`wireguard::Peers`]) and the
+//!   AllowedIPs longest-prefix-match table; datagrams go out to a caller-owned endpoint type.
 //!
 //! Parsers meant for fuzzing: [`derp::Frame::parse`], [`derp::http::parse_upgrade_response`],
 //! [`disco::Packet::parse`], [`disco::Message::parse`], [`disco::classify`],
@@ -23,3 +25,4 @@ pub mod derp;
 pub mod disco;
 pub mod nacl;
 pub mod stun;
+pub mod wireguard;

@@ -1,0 +1,248 @@
+//! The TUN device for real: created inside a network namespace this test makes (root needed;
+//! the test fails, never skips, without it), MTU checked with `ip`, a UDP datagram read from
+//! the device and answered by writing the mirrored packet back, and a burst read in batches.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::fs::File;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
+use std::process::Command;
+use std::time::Duration;
+use tstun_wrap::tun::{DEFAULT_MTU, Tun, TunConfig};
+
+fn ip(args: &[&str]) -> String {
+    let out = Command::new("ip").args(args).output();
+    match out {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).into_owned(),
+        Ok(o) => panic!("ip {args:?}: {}", String::from_utf8_lossy(&o.stderr)),
+        Err(e) => panic!("cannot run ip {args:?}: {e}"),
+    }
+}
+
+/// A network namespace that is deleted on drop.
+struct Netns(String);
+
+impl Netns {
+    fn new(tag: &str) -> Self {
+        let root = std::fs::metadata("/proc/self").map(|m| m.uid() == 0);
+        assert!(
+            matches!(root, Ok(true)),
+            "this test needs root (CAP_NET_ADMIN) to create a network namespace and a TUN"
+        );
+        let name = format!("trtun-{tag}-{}", std::process::id());
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        ip(&["netns", "add", &name]);
+        ip(&["-n", &name, "link", "set", "lo", "up"]);
+        Self(name)
+    }
+
+    /// Moves the calling thread (only it) into the namespace.
+    fn enter(&self) -> io::Result<()> {
+        let f = File::open(format!("/var/run/netns/{}", self.0))?;
+        #[allow(unsafe_code)]
+        // SAFETY: setns(2) with a namespace fd we hold open for the call; it changes only the
+        // calling thread's network namespace and touches no memory of ours.
+        let r = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+        if r != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
+    }
+}
+
+/// Runs `f` on a fresh thread inside `ns`, with a current-thread tokio runtime.
+fn in_netns<F, Fut>(ns: &Netns, f: F)
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
+    let name = Netns(ns.0.clone());
+    let handle = std::thread::spawn(move || {
+        let entered = name.enter();
+        std::mem::forget(name); // the outer guard deletes the namespace
+        assert!(entered.is_ok(), "setns: {entered:?}");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build();
+        let Ok(rt) = rt else {
+            panic!("runtime: {:?}", rt.err())
+        };
+        rt.block_on(async move {
+            let r = tokio::time::timeout(Duration::from_secs(20), f()).await;
+            assert!(r.is_ok(), "test timed out");
+        });
+    });
+    if let Err(e) = handle.join() {
+        std::panic::resume_unwind(e);
+    }
+}
+
+/// The UDP datagram inside an IPv4 packet: (src, dst, payload); `None` for anything else.
+fn udp4(p: &[u8]) -> Option<(SocketAddr, SocketAddr, &[u8])> {
+    if p.first()? >> 4 != 4 || *p.get(9)? != 17 {
+        return None;
+    }
+    let ihl = usize::from(p[0] & 0x0f) * 4;
+    let src = Ipv4Addr::new(p[12], p[13], p[14], p[15]);
+    let dst = Ipv4Addr::new(p[16], p[17], p[18], p[19]);
+    let u = p.get(ihl..)?;
+    let sport = u16::from_be_bytes([*u.first()?, *u.get(1)?]);
+    let dport = u16::from_be_bytes([*u.get(2)?, *u.get(3)?]);
+    Some((
+        SocketAddr::from((src, sport)),
+        SocketAddr::from((dst, dport)),
+        u.get(8..)?,
+    ))
+}
+
+/// The same packet going the other way: addresses and ports swapped. Both checksums stay
+/// valid, since a one's-complement sum does not depend on the order of its words.
+fn mirror(p: &[u8]) -> Vec<u8> {
+    let mut m = p.to_vec();
+    let ihl = usize::from(p[0] & 0x0f) * 4;
+    m[12..16].copy_from_slice(&p[16..20]);
+    m[16..20].copy_from_slice(&p[12..16]);
+    m[ihl..ihl + 2].copy_from_slice(&p[ihl + 2..ihl + 4]);
+    m[ihl + 2..ihl + 4].copy_from_slice(&p[ihl..ihl + 2]);
+    m
+}
+
+#[test]
+fn default_config_is_tailscale0_at_1280() {
+    let c = TunConfig::default();
+    assert_eq!((c.name.as_str(), c.mtu), ("tailscale0", 1280));
+    assert_eq!(DEFAULT_MTU, 1280);
+}
+
+#[test]
+fn bad_names_are_refused() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
+    let Ok(rt) = rt else { panic!("runtime") };
+    rt.block_on(async {
+        for name in ["", "sixteen-chars-xx"] {
+            let r = Tun::open(&TunConfig {
+                name: name.into(),
+                mtu: 1280,
+            });
+            assert!(r.is_err_and(|e| e.kind() == io::ErrorKind::InvalidInput));
+        }
+    });
+}
+
+#[test]
+fn tun_reads_and_writes_ip_packets() {
+    let ns = Netns::new("rw");
+    let nsname = ns.0.clone();
+    in_netns(&ns, move || async move {
+        let tun = Tun::open(&TunConfig {
+            name: "trtun0".into(),
+            mtu: DEFAULT_MTU,
+        });
+        let tun = match tun {
+            Ok(t) => t,
+            Err(e) => panic!("open TUN: {e}"),
+        };
+        assert_eq!((tun.name(), tun.mtu()), ("trtun0", 1280));
+        assert!(tun.index().is_ok_and(|i| i > 0));
+        let link = ip(&["-n", &nsname, "link", "show", "trtun0"]);
+        assert!(link.contains("mtu 1280") && link.contains(",UP"), "{link}");
+        ip(&[
+            "-n",
+            &nsname,
+            "addr",
+            "add",
+            "198.18.7.1/24",
+            "dev",
+            "trtun0",
+        ]);
+
+        let sock = UdpSocket::bind("198.18.7.1:0");
+        let Ok(sock) = sock else {
+            panic!("bind: {sock:?}")
+        };
+        assert!(sock.set_nonblocking(true).is_ok());
+        let Ok(sock) = tokio::net::UdpSocket::from_std(sock) else {
+            panic!("tokio socket")
+        };
+        let far: SocketAddr = "198.18.7.2:9999".parse().unwrap_or_else(|_| unreachable!());
+        assert!(sock.send_to(b"ping over tun", far).await.is_ok());
+
+        // Read until our datagram shows up (IPv6 router solicitations may come first).
+        let mut buf = vec![0u8; 65536];
+        let packet = loop {
+            let n = tun.recv(&mut buf).await;
+            let Ok(n) = n else { panic!("recv: {n:?}") };
+            if udp4(&buf[..n]).is_some_and(|(_, d, _)| d == far) {
+                break buf[..n].to_vec();
+            }
+        };
+        let (src, _, payload) = udp4(&packet).unwrap_or_else(|| unreachable!());
+        assert_eq!(payload, b"ping over tun");
+        assert_eq!(src, sock.local_addr().unwrap_or_else(|_| unreachable!()));
+
+        // Answer by writing the mirrored packet into the TUN: the kernel delivers it.
+        assert!(tun.send(&mirror(&packet)).await.is_ok());
+        let mut got = [0u8; 2048];
+        let r = sock.recv_from(&mut got).await;
+        assert!(matches!(r, Ok((13, from)) if from == far), "{r:?}");
+        assert_eq!(&got[..13], b"ping over tun");
+
+        // A burst: read in batches, answered in one batch write.
+        for i in 0..32u8 {
+            assert!(sock.send_to(&[i; 100], far).await.is_ok());
+        }
+        let mut bufs = vec![vec![0u8; 2048]; 16];
+        let mut sizes = vec![0usize; 16];
+        let mut seen = Vec::new();
+        let mut batches = 0;
+        while seen.len() < 32 {
+            let n = tun.recv_batch(&mut bufs, &mut sizes).await;
+            let Ok(n) = n else {
+                panic!("recv_batch: {n:?}")
+            };
+            batches += 1;
+            let replies: Vec<Vec<u8>> = (0..n)
+                .map(|i| &bufs[i][..sizes[i]])
+                .filter(|p| udp4(p).is_some_and(|(_, d, _)| d == far))
+                .map(mirror)
+                .collect();
+            seen.extend(replies.iter().cloned());
+            let sent = tun.send_batch(&replies).await;
+            assert!(matches!(sent, Ok(k) if k == replies.len()), "{sent:?}");
+        }
+        assert!(
+            batches < 32,
+            "a burst is read in batches ({batches} reads for 32)"
+        );
+        for _ in 0..32 {
+            let r = sock.recv_from(&mut got).await;
+            assert!(matches!(r, Ok((100, _))), "{r:?}");
+        }
+    });
+}
+
+#[test]
+fn mtu_is_configurable() {
+    let ns = Netns::new("mtu");
+    let nsname = ns.0.clone();
+    in_netns(&ns, move || async move {
+        let tun = Tun::open(&TunConfig {
+            name: "trtun1".into(),
+            mtu: 1420,
+        });
+        assert!(tun.as_ref().is_ok_and(|t| t.mtu() == 1420), "{tun:?}");
+        let link = ip(&["-n", &nsname, "link", "show", "trtun1"]);
+        assert!(link.contains("mtu 1420"), "{link}");
+    });
+}
