@@ -3,6 +3,7 @@
 
 pub mod check;
 pub mod codegen;
+pub mod demo;
 pub mod dist;
 pub mod fuzz;
 pub mod registry;

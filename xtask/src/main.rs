@@ -28,6 +28,9 @@ commands:
         featuretags.toml is sound and agrees with every crate's Cargo features
   gen
         regenerate crates/ipn/src/tags.rs from featuretags.toml
+  demo [--login-server URL --auth-key KEY] [--hostname NAME] [--hold]
+        the node's main job: a local demo tailnet (headscale, Go tailscaled, tailrouter in
+        namespaces) printing `tailscale status` from both sides; or join the given tailnet
   fuzz [--seconds N] [target ...]
         run the fuzz targets of fuzz/ (all by default) for N seconds each (default 20)
   test
@@ -210,6 +213,11 @@ fn run(args: &[String]) -> Result<(), String> {
             Ok(())
         }
         "test" => suite::run(&root, rest),
+        "demo" => {
+            let o = xtask::demo::parse(rest)?;
+            println!("{}", xtask::demo::run(&root, &o)?);
+            Ok(())
+        }
         "fuzz" => {
             let mut seconds = 20u32;
             let mut only = Vec::new();

@@ -225,8 +225,8 @@ pub fn run(root: &Path, args: &[String]) -> Result<(), String> {
         ),
         ("cargo-deny", Box::new(|| deny_step(root))),
         (
-            "fuzz (15 s per target)",
-            Box::new(|| crate::fuzz::run(root, 15, &[])),
+            "fuzz (10 s per target)",
+            Box::new(|| crate::fuzz::run(root, 10, &[])),
         ),
         (
             "interop (headscale, Go tailscaled)",
@@ -234,7 +234,44 @@ pub fn run(root: &Path, args: &[String]) -> Result<(), String> {
                 if !is_root() {
                     return Err("the interop tests need root (network namespaces, TUN devices); run the suite as root".into());
                 }
+                // The harness runs target/debug/tailrouter: build it with every tag (the
+                // no-tags test step may have left a build without the CLI there).
+                cargo_step(root, &["build", "--package", "tailrouter", "--locked"])?;
                 cargo_step(root, &["test", "--package", "interop", "--locked"])
+            }),
+        ),
+        (
+            "demo (README's main-job command)",
+            Box::new(|| {
+                let out = Command::new(crate::cargo())
+                    .current_dir(root)
+                    .args([
+                        "run",
+                        "--quiet",
+                        "--locked",
+                        "--package",
+                        "xtask",
+                        "--",
+                        "demo",
+                    ])
+                    .stderr(std::process::Stdio::inherit())
+                    .output()
+                    .map_err(|e| format!("cannot run the demo: {e}"))?;
+                let text = String::from_utf8_lossy(&out.stdout);
+                print!("{text}");
+                if !out.status.success() {
+                    return Err(format!("cargo xtask demo failed ({})", out.status));
+                }
+                for want in [
+                    "tailscale status, on tailrouter",
+                    "tailscale status, on the Go node",
+                    "go-peer",
+                ] {
+                    if !text.contains(want) {
+                        return Err(format!("demo output lacks {want:?}"));
+                    }
+                }
+                Ok("both sides list each other".into())
             }),
         ),
     ];

@@ -3,7 +3,7 @@
 //! Commands keep Tailscale's names, flags and output shapes and talk to the daemon over the
 //! LocalAPI socket (`--socket`). `up` and `login` set prefs, call `start`, then follow the
 //! notification bus until the node runs, printing the login URL if one comes; errors from the
-//! daemon (such as having no control client yet) are printed and exit 1.
+//! daemon (such as an expired node key) are printed and exit 1.
 //!
 //! One deviation from Go: `up` without `--reset` keeps the settings of flags it is not given
 //! (Go refuses and asks to mention them all); `--reset` returns unmentioned ones to defaults.
@@ -513,8 +513,15 @@ async fn run_up(c: &Client, a: UpArgs, interactive: bool) -> Result<ExitCode, St
         auth_key,
         ..Options::default()
     };
+    let with_key = !opts.auth_key.is_empty();
     c.start(&opts).await.map_err(daemon_err)?;
-    if interactive {
+    // As Go's `up`: a node that still needs a login after `start` (new, logged out, or with
+    // an expired key) and has no auth key logs in interactively.
+    let needs_login = !with_key
+        && c.status_without_peers()
+            .await
+            .is_ok_and(|s| s.state() == Some(BackendState::NeedsLogin));
+    if interactive || needs_login {
         c.login_interactive().await.map_err(daemon_err)?;
     }
     let follow = async {

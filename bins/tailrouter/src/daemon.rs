@@ -8,6 +8,10 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+/// Shown in status until the data plane lands.
+const NO_DATA_PLANE: &str =
+    "no data plane yet (issue 4): the node is on the tailnet's control plane but passes no traffic";
+
 /// Default directory for the state file, as in Tailscale's Linux packages.
 const DEFAULT_STATEDIR: &str = "/var/lib/tailscale";
 
@@ -214,10 +218,17 @@ fn run(cfg: Config) -> Result<(), String> {
             Box::new(FileStore::new(path))
         }
     };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    let (driver, mut events) = ipn::control::Driver::spawn(rt.handle(), ipn::VERSION);
     // A damaged state file stops the daemon here, before anything could register a new node
     // over the old identity; the file is left as it is.
-    let (backend, opened) = LocalBackend::open(store, None, ipn::VERSION)
+    let (mut backend, opened) = LocalBackend::open(store, Some(driver), ipn::VERSION)
         .map_err(|e| format!("refusing to start: {e}"))?;
+    backend.set_ephemeral(cfg.state == StateLocation::Memory);
+    backend.add_health(NO_DATA_PLANE);
     match opened {
         Opened::NewNode => tracing::info!("new node: state created"),
         Opened::ImportedFromGo(backup) => tracing::info!(
@@ -226,21 +237,23 @@ fn run(cfg: Config) -> Result<(), String> {
         ),
         _ => {}
     }
-    tracing::warn!(
-        "this version has no control client yet: the node cannot join a tailnet (issue 3)"
-    );
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start the runtime: {e}"))?;
     rt.block_on(async {
         let stop = Stopper::new()?;
         let server = Server::bind(&cfg.socket).map_err(|e| e.to_string())?;
         let backend = Arc::new(backend);
-        // Like Go's daemon, start the backend with the stored prefs at boot; without a control
-        // client this settles in NeedsLogin (or Stopped) with the reason in Health.
+        // The control driver's reports go to the backend, in order.
+        let b = Arc::clone(&backend);
+        tokio::spawn(async move {
+            while let Some(ev) = events.recv().await {
+                if let Err(e) = b.control_event(ev) {
+                    tracing::error!("control event: {e}");
+                }
+            }
+        });
+        // Like Go's daemon, start the backend with the stored prefs at boot: a node that was
+        // running (WantRunning) reconnects by itself with its stored keys.
         if let Err(e) = backend.start(Options::default()) {
-            tracing::debug!("start at boot: {e}");
+            tracing::warn!("start at boot: {e}");
         }
         tracing::info!("LocalAPI listening on {}", cfg.socket.display());
         // The server removes its socket when it returns.

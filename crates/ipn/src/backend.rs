@@ -69,8 +69,9 @@ pub trait ControlClient: Send + Sync {
     fn start(&self, params: ControlParams);
     /// Begin an interactive login; the URL comes back as [`ControlEvent::AuthUrl`].
     fn login_interactive(&self);
-    /// Log out at the server (the core has already forgotten the node key).
-    fn logout(&self);
+    /// Log out at the server with `params.node_key`, the key the core has just forgotten
+    /// (`None` if it had none).
+    fn logout(&self, params: ControlParams);
     /// Stop talking to control (`WantRunning` off or shutdown).
     fn stop(&self);
 }
@@ -94,6 +95,8 @@ pub struct ControlParams {
     pub advertise_routes: Vec<IpPrefix>,
     /// Tags to request.
     pub advertise_tags: Vec<String>,
+    /// Register as an ephemeral node (state in memory only: `--state=mem:`).
+    pub ephemeral: bool,
 }
 
 impl std::fmt::Debug for ControlParams {
@@ -104,6 +107,7 @@ impl std::fmt::Debug for ControlParams {
             .field("node_key", &self.node_key)
             .field("auth_key", &self.auth_key.as_ref().map(|_| "<redacted>"))
             .field("hostname", &self.hostname)
+            .field("ephemeral", &self.ephemeral)
             .finish_non_exhaustive()
     }
 }
@@ -129,8 +133,11 @@ pub enum ControlEvent {
     NetMap(NetMapSummary),
     /// The engine came up or went down.
     EngineUp(bool),
-    /// Control logged the node out (key expired or deleted).
+    /// Control logged the node out (deleted, or a server-side logout).
     LoggedOut,
+    /// The node key expired: the node needs a new login, which will rotate the key (the
+    /// expired key is kept as the old one). The text says what to do.
+    KeyExpired(String),
     /// An error the user should see.
     Error(String),
 }
@@ -144,6 +151,20 @@ pub struct NetMapSummary {
     pub dns_name: String,
     /// The peers, as status shows them, keyed by their node key text.
     pub peers: Vec<PeerStatus>,
+    /// This node's stable ID.
+    pub self_id: String,
+    /// This node's owner.
+    pub user_id: i64,
+    /// The region code of this node's home DERP region.
+    pub relay: String,
+    /// When this node's key expires (RFC 3339), empty for never.
+    pub key_expiry: String,
+    /// The tailnet's name.
+    pub tailnet: String,
+    /// The MagicDNS suffix, without dots at either end.
+    pub magic_dns_suffix: String,
+    /// The users of the nodes in the map.
+    pub users: Vec<crate::localapi::UserProfile>,
 }
 
 struct Inner {
@@ -155,6 +176,8 @@ struct Inner {
     netmap: Option<NetMapSummary>,
     engine_up: bool,
     health: Vec<String>,
+    /// The node key expired; a login is needed (and will rotate the key).
+    key_expired: Option<String>,
 }
 
 /// The core's LocalAPI backend: prefs, state machine and persistence.
@@ -164,6 +187,7 @@ pub struct LocalBackend {
     control: Option<Arc<dyn ControlClient>>,
     bus: broadcast::Sender<Notify>,
     version: String,
+    ephemeral: bool,
 }
 
 /// What opening the state did, for the daemon to log.
@@ -210,13 +234,30 @@ impl LocalBackend {
                 netmap: None,
                 engine_up: false,
                 health,
+                key_expired: None,
             }),
             store,
             control,
             bus: broadcast::channel(64).0,
             version: version.to_string(),
+            ephemeral: false,
         };
         Ok((backend, opened))
+    }
+
+    /// Marks the node as ephemeral (its state lives in memory only): it registers with
+    /// `Ephemeral` set, so control deletes it once it goes away.
+    pub fn set_ephemeral(&mut self, ephemeral: bool) {
+        self.ephemeral = ephemeral;
+    }
+
+    /// Adds a line to the status `Health` list.
+    pub fn add_health(&self, msg: &str) {
+        if let Ok(mut g) = self.lock() {
+            if !g.health.iter().any(|h| h == msg) {
+                g.health.push(msg.to_string());
+            }
+        }
     }
 
     fn lock(&self) -> Result<MutexGuard<'_, Inner>, BackendError> {
@@ -240,7 +281,7 @@ impl LocalBackend {
         let p = &g.persisted;
         let next = next_state(StateInputs {
             started: g.started,
-            logged_in: p.node_key.is_some() && !p.prefs.logged_out,
+            logged_in: p.node_key.is_some() && !p.prefs.logged_out && g.key_expired.is_none(),
             want_running: p.prefs.want_running,
             needs_machine_auth: g.needs_machine_auth,
             have_netmap: g.netmap.is_some(),
@@ -288,7 +329,11 @@ impl LocalBackend {
         p
     }
 
-    fn control_params(g: &Inner, auth_key: Option<String>) -> Option<ControlParams> {
+    fn control_params(
+        g: &Inner,
+        auth_key: Option<String>,
+        ephemeral: bool,
+    ) -> Option<ControlParams> {
         let p = &g.persisted;
         Some(ControlParams {
             control_url: p.prefs.control_url_or_default().to_string(),
@@ -299,6 +344,7 @@ impl LocalBackend {
             hostname: p.prefs.hostname.clone(),
             advertise_routes: p.prefs.advertise_routes.clone(),
             advertise_tags: p.prefs.advertise_tags.clone(),
+            ephemeral,
         })
     }
 
@@ -328,6 +374,9 @@ impl LocalBackend {
                 profile,
             } => {
                 g.auth_url.clear();
+                if let Some(msg) = g.key_expired.take() {
+                    g.health.retain(|h| *h != msg);
+                }
                 g.persisted.node_key = Some(node_key);
                 g.persisted.old_node_key = old_node_key;
                 g.persisted.profile = profile;
@@ -346,6 +395,19 @@ impl LocalBackend {
                 g.persisted.old_node_key = None;
                 g.netmap = None;
                 self.save(&g)?;
+            }
+            ControlEvent::KeyExpired(msg) => {
+                tracing::warn!("{msg}");
+                g.netmap = None;
+                g.engine_up = false;
+                if !g.health.contains(&msg) {
+                    g.health.push(msg.clone());
+                }
+                g.key_expired = Some(msg.clone());
+                self.send(Notify {
+                    err_message: Some(msg),
+                    ..Notify::default()
+                });
             }
             ControlEvent::Error(msg) => self.send(Notify {
                 err_message: Some(msg),
@@ -400,8 +462,11 @@ impl Backend for LocalBackend {
         } else {
             p.prefs.hostname.clone()
         };
+        let nm = g.netmap.as_ref();
         let me = PeerStatus {
-            id: p.profile.node_id.clone(),
+            id: nm
+                .map(|n| n.self_id.clone())
+                .unwrap_or_else(|| p.profile.node_id.clone()),
             public_key: p
                 .node_key
                 .as_ref()
@@ -415,8 +480,10 @@ impl Backend for LocalBackend {
                 .map(|n| n.dns_name.clone())
                 .unwrap_or_default(),
             os: "linux".into(),
-            user_id: p.profile.user_id,
+            user_id: nm.map(|n| n.user_id).unwrap_or(p.profile.user_id),
             tailscale_ips: ips.clone(),
+            relay: nm.map(|n| n.relay.clone()).unwrap_or_default(),
+            key_expiry: nm.map(|n| n.key_expiry.clone()).unwrap_or_default(),
             online: g.state == BackendState::Running,
             in_network_map: g.netmap.is_some(),
             ..PeerStatus::default()
@@ -433,16 +500,27 @@ impl Backend for LocalBackend {
             magic_dns_suffix: p.profile.magic_dns_suffix.clone(),
             ..Status::default()
         };
-        if !p.profile.tailnet_domain.is_empty() {
+        let (tailnet, suffix) = match nm {
+            Some(n) => (n.tailnet.clone(), n.magic_dns_suffix.clone()),
+            None => (
+                p.profile.tailnet_domain.clone(),
+                p.profile.magic_dns_suffix.clone(),
+            ),
+        };
+        st.magic_dns_suffix = suffix.clone();
+        if !tailnet.is_empty() {
             st.current_tailnet = Some(TailnetStatus {
-                name: p.profile.tailnet_domain.clone(),
-                magic_dns_suffix: p.profile.magic_dns_suffix.clone(),
-                magic_dns_enabled: !p.profile.magic_dns_suffix.is_empty(),
+                name: tailnet,
+                magic_dns_enabled: !suffix.is_empty(),
+                magic_dns_suffix: suffix,
             });
         }
         if !p.profile.login_name.is_empty() {
             st.user
                 .insert(p.profile.user_id.to_string(), p.profile.user_profile());
+        }
+        for u in nm.iter().flat_map(|n| n.users.iter()) {
+            st.user.insert(u.id.to_string(), u.clone());
         }
         if peers {
             for ps in g.netmap.iter().flat_map(|n| n.peers.iter()) {
@@ -499,9 +577,14 @@ impl Backend for LocalBackend {
         let Some(control) = &self.control else {
             return Err(self.no_control("start"));
         };
-        if g.persisted.prefs.want_running || g.persisted.node_key.is_none() {
-            let auth_key = (!opts.auth_key.is_empty()).then_some(opts.auth_key);
-            if let Some(params) = Self::control_params(&g, auth_key) {
+        // Like Go: control is contacted when the node should run, or to log in with a key;
+        // a new node at boot waits for `up` rather than dialing the default server.
+        // An expired key needs a login: with an auth key the client rotates the key; without
+        // one, a reconnect would only hear "expired" again, so wait for `login-interactive`.
+        let auth_key = (!opts.auth_key.is_empty()).then_some(opts.auth_key);
+        let expired_no_key = g.key_expired.is_some() && auth_key.is_none();
+        if (g.persisted.prefs.want_running || auth_key.is_some()) && !expired_no_key {
+            if let Some(params) = Self::control_params(&g, auth_key, self.ephemeral) {
                 control.start(params);
             }
         }
@@ -521,6 +604,8 @@ impl Backend for LocalBackend {
 
     fn logout(&self) -> Result<(), BackendError> {
         let mut g = self.lock()?;
+        // What the server-side logout needs, taken before the keys are dropped.
+        let params = Self::control_params(&g, None, self.ephemeral);
         g.persisted.node_key = None;
         g.persisted.old_node_key = None;
         g.persisted.profile = state::Profile {
@@ -532,9 +617,12 @@ impl Backend for LocalBackend {
         g.netmap = None;
         g.engine_up = false;
         g.auth_url.clear();
+        if let Some(msg) = g.key_expired.take() {
+            g.health.retain(|h| *h != msg);
+        }
         self.save(&g)?;
-        if let Some(c) = &self.control {
-            c.logout();
+        if let (Some(c), Some(params)) = (&self.control, params) {
+            c.logout(params);
         }
         self.send(Notify {
             prefs: Some(Self::prefs_view(&g)),
@@ -691,7 +779,7 @@ mod tests {
                 c.push("login".into());
             }
         }
-        fn logout(&self) {}
+        fn logout(&self, _: ControlParams) {}
         fn stop(&self) {}
     }
 
@@ -747,6 +835,54 @@ mod tests {
         b.logout().unwrap();
         assert_eq!(b.state(), BackendState::NeedsLogin);
         assert!(!b.status(false).have_node_key);
+    }
+
+    #[test]
+    fn expired_key_needs_login_until_a_new_one_arrives() {
+        let fc = Arc::new(FakeControl::default());
+        let b = backend(Some(fc.clone()));
+        let run = Options {
+            update_prefs: Some(Prefs {
+                want_running: true,
+                ..Prefs::default()
+            }),
+            ..Options::default()
+        };
+        b.start(run.clone()).unwrap();
+        let old = NodePrivate::generate();
+        b.control_event(ControlEvent::LoginFinished {
+            node_key: old.clone(),
+            old_node_key: None,
+            profile: state::Profile::default(),
+        })
+        .unwrap();
+        b.control_event(ControlEvent::NetMap(NetMapSummary::default()))
+            .unwrap();
+        b.control_event(ControlEvent::EngineUp(true)).unwrap();
+        assert_eq!(b.state(), BackendState::Running);
+        b.control_event(ControlEvent::KeyExpired("node key expired: log in".into()))
+            .unwrap();
+        assert_eq!(b.state(), BackendState::NeedsLogin);
+        let st = b.status(true);
+        assert!(st.health.iter().any(|h| h.contains("expired")), "{st:?}");
+        assert!(st.have_node_key, "the expired key is kept for the rotation");
+        // Without an auth key, `start` does not reconnect just to hear "expired" again.
+        let calls = fc.calls.lock().unwrap().len();
+        b.start(run.clone()).unwrap();
+        assert_eq!(fc.calls.lock().unwrap().len(), calls);
+        // With one, it does; the rotated key clears the condition.
+        let mut with_key = run;
+        with_key.auth_key = "hskey-auth-x".into();
+        b.start(with_key).unwrap();
+        assert_eq!(fc.calls.lock().unwrap().len(), calls + 1);
+        b.control_event(ControlEvent::LoginFinished {
+            node_key: NodePrivate::generate(),
+            old_node_key: Some(old),
+            profile: state::Profile::default(),
+        })
+        .unwrap();
+        assert!(!b.status(false).health.iter().any(|h| h.contains("expired")));
+        assert_eq!(b.state(), BackendState::Starting);
     }
 
     #[test]

@@ -13,9 +13,12 @@
 //!   [`state::MemStore`]), its format, atomic writes and the import of Go tailscaled's file.
 //! - [`backend`]: the state machine and [`backend::LocalBackend`], the LocalAPI backend, with
 //!   the narrow [`backend::ControlClient`] trait the control client will plug into.
+//! - [`control`]: the control client driver ([`control::Driver`]), the `control-client`
+//!   crate wired into the backend: registration, the map long-poll, reconnects, logout.
 //! - [`localapi`] is re-exported so the binary reaches the server and client through the core.
 
 pub mod backend;
+pub mod control;
 pub mod state;
 pub mod tags;
 

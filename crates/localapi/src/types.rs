@@ -596,6 +596,24 @@ pub struct PeerStatus {
     /// Known to the WireGuard engine.
     #[serde(rename = "InEngine")]
     pub in_engine: bool,
+    /// When control last saw it online (RFC 3339); empty is Go's zero time.
+    #[serde(rename = "LastSeen", serialize_with = "zero_time_if_empty")]
+    pub last_seen: String,
+    /// When its node key expires (RFC 3339); empty: never, and left out.
+    #[serde(rename = "KeyExpiry", skip_serializing_if = "String::is_empty")]
+    pub key_expiry: String,
+    /// Its node key has expired.
+    #[serde(rename = "Expired", skip_serializing_if = "std::ops::Not::not")]
+    pub expired: bool,
+}
+
+/// Go writes a zero `time.Time` as `0001-01-01T00:00:00Z`.
+fn zero_time_if_empty<S: Serializer>(v: &str, s: S) -> Result<S::Ok, S::Error> {
+    if v.is_empty() {
+        s.serialize_str("0001-01-01T00:00:00Z")
+    } else {
+        s.serialize_str(v)
+    }
 }
 
 /// Go's `ipnstate.TailnetStatus`.

@@ -3,7 +3,8 @@
 //! A [`Rig`] creates a black-hole namespace holding a bridge (forwarding off) that every other
 //! namespace of the rig uses as its default route, so Go clients see a "network up" but can
 //! reach nothing outside the rig. On it, the rig runs headscale ([`Rig::headscale`]) and Go
-//! `tailscaled` nodes ([`Rig::go_node`]), and tailrouter nodes in later tests. Everything the
+//! `tailscaled` nodes ([`Rig::go_node`]), and tailrouter's own daemon ([`Rig::tailrouter_node`],
+//! driven by our CLI through [`TailrouterNode`]). Everything the
 //! rig creates (namespaces, processes, files) is removed when it is dropped, also on panic.
 //!
 //! Peers come from `interop/install-peers.sh`, which builds them from the Go module proxy into
@@ -271,11 +272,21 @@ impl Rig {
         Ok(Host { ns, ip })
     }
 
+    /// A TUN name unique on this machine and within Linux's 15 bytes: the rig's prefix (cut
+    /// to 10) and the host's underlay index.
+    fn tun_name(&self, host: &Host) -> String {
+        let idx = host.ip.rsplit('.').next().unwrap_or("0");
+        format!("{}t{idx}", &self.prefix[..self.prefix.len().min(10)])
+    }
+
     /// Starts a long-running process; it is killed when the rig is dropped. Output goes to
-    /// `<dir>/<label>.log`.
+    /// `<dir>/<label>.log` (appended to, so a restarted process keeps its earlier lines).
     pub fn spawn(&mut self, label: &str, mut cmd: Command) -> Result<()> {
         let log = self.dir.join(format!("{label}.log"));
-        let f = std::fs::File::create(&log)
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
             .map_err(|e| Error(format!("create {}: {e}", log.display())))?;
         let f2 = f.try_clone().map_err(|e| Error(format!("dup log: {e}")))?;
         let child = cmd
@@ -286,6 +297,38 @@ impl Rig {
             .map_err(|e| Error(format!("cannot start {label}: {e}")))?;
         self.children.push((label.to_string(), child));
         Ok(())
+    }
+
+    /// Stops the process started under `label`: SIGTERM, then SIGKILL after 10 s. It is
+    /// forgotten, so `label` can be spawned again.
+    pub fn stop(&mut self, label: &str) -> Result<()> {
+        let Some(i) = self.children.iter().position(|(l, _)| l == label) else {
+            return fail(format!("no process {label}"));
+        };
+        let (_, mut c) = self.children.remove(i);
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while matches!(c.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+        Ok(())
+    }
+
+    /// Sends a signal (`STOP`, `CONT`, `TERM`, …) to the process started under `label`.
+    pub fn signal(&mut self, label: &str, sig: &str) -> Result<()> {
+        let Some((_, c)) = self.children.iter().find(|(l, _)| l == label) else {
+            return fail(format!("no process {label}"));
+        };
+        run(Command::new("kill").args([&format!("-{sig}"), &c.id().to_string()])).map(|_| ())
+    }
+
+    /// The whole log of a process.
+    pub fn log(&self, label: &str) -> String {
+        std::fs::read_to_string(self.dir.join(format!("{label}.log"))).unwrap_or_default()
     }
 
     /// Whether the process started under `label` is still running.
@@ -336,9 +379,6 @@ impl Rig {
             ),
         )
         .map_err(|e| Error(format!("write headscale config: {e}")))?;
-        let mut cmd = host.cmd(&self.peers.headscale);
-        cmd.arg("-c").arg(&config).arg("serve");
-        self.spawn("headscale", cmd)?;
         let hs = Headscale {
             host,
             url,
@@ -346,6 +386,26 @@ impl Rig {
             bin: self.peers.headscale.clone(),
             user_id: String::new(),
         };
+        self.serve_headscale(&hs)?;
+        let mut hs = hs;
+        let user = hs.cli(&["users", "create", "rig", "-o", "json"])?;
+        hs.user_id = user
+            .get("id")
+            .map(|v| v.to_string().trim_matches('"').to_string())
+            .ok_or_else(|| Error(format!("no user id in {user}")))?;
+        Ok(hs)
+    }
+
+    /// Stops headscale and starts it again with the same configuration and database.
+    pub fn restart_headscale(&mut self, hs: &Headscale) -> Result<()> {
+        self.stop("headscale")?;
+        self.serve_headscale(hs)
+    }
+
+    fn serve_headscale(&mut self, hs: &Headscale) -> Result<()> {
+        let mut cmd = hs.host.cmd(&hs.bin);
+        cmd.arg("-c").arg(&hs.config).arg("serve");
+        self.spawn("headscale", cmd)?;
         let probe = hs.host.clone();
         let health = format!("{}/health", hs.url);
         let up = wait_for("headscale /health", Duration::from_secs(30), || {
@@ -365,13 +425,55 @@ impl Rig {
                 self.log_tail("headscale", 30)
             ));
         }
-        let mut hs = hs;
-        let user = hs.cli(&["users", "create", "rig", "-o", "json"])?;
-        hs.user_id = user
-            .get("id")
-            .map(|v| v.to_string().trim_matches('"').to_string())
-            .ok_or_else(|| Error(format!("no user id in {user}")))?;
-        Ok(hs)
+        Ok(())
+    }
+
+    /// A new host running tailrouter's daemon (our binary, see [`tailrouter_bin`]) with its
+    /// own socket, state file and TUN name. `mem_state` runs it with `--state=mem:`.
+    pub fn tailrouter_node(&mut self, name: &str, mem_state: bool) -> Result<TailrouterNode> {
+        let bin = tailrouter_bin()?;
+        let host = self.host(name)?;
+        let tun = self.tun_name(&host);
+        let dir = self.dir.join(format!("tr-{name}"));
+        std::fs::create_dir_all(&dir).map_err(|e| Error(format!("mkdir: {e}")))?;
+        let node = TailrouterNode {
+            name: name.to_string(),
+            label: format!("tailrouter-{name}"),
+            host,
+            socket: dir.join("tailscaled.sock"),
+            state: if mem_state {
+                None
+            } else {
+                Some(dir.join("state/tailscaled.state"))
+            },
+            tun,
+            bin,
+        };
+        self.start_tailrouter(&node)?;
+        Ok(node)
+    }
+
+    /// Starts (or starts again) a tailrouter node's daemon; returns once its socket exists.
+    pub fn start_tailrouter(&mut self, node: &TailrouterNode) -> Result<()> {
+        let _ = std::fs::remove_file(&node.socket);
+        let mut cmd = node.host.cmd(&node.bin);
+        let state = match &node.state {
+            Some(p) => p.display().to_string(),
+            None => "mem:".into(),
+        };
+        cmd.arg("tailscaled")
+            .env("TS_LOG_VERBOSITY", "1")
+            .arg(format!("--socket={}", node.socket.display()))
+            .arg(format!("--state={state}"))
+            .arg(format!("--tun={}", node.tun))
+            .arg("--port=41641");
+        self.spawn(&node.label, cmd)?;
+        let s = node.socket.clone();
+        let label = node.label.clone();
+        wait_for(&format!("{label} socket"), Duration::from_secs(20), || {
+            s.exists().then_some(())
+        })
+        .map_err(|e| Error(format!("{e}\n{}", self.log_tail(&label, 30))))
     }
 
     /// Starts a Go `tailscaled` on a new host with a kernel TUN, its own socket and state.
@@ -382,7 +484,7 @@ impl Rig {
             std::fs::create_dir_all(dir.join(sub)).map_err(|e| Error(format!("mkdir: {e}")))?;
         }
         let socket = dir.join("tailscaled.sock");
-        let tun = format!("{}{name}", &self.prefix[..self.prefix.len().min(10)]);
+        let tun = self.tun_name(&host);
         let mut cmd = host.cmd(&self.peers.tailscaled);
         cmd.env("TS_NO_LOGS_NO_SUPPORT", "1")
             // headscale's embedded DERP listens on plain HTTP in the rig.
@@ -551,5 +653,149 @@ impl GoNode {
     /// The node's first tailnet IPv4 address.
     pub fn ipv4(&self) -> Result<String> {
         Ok(self.tailscale(&["ip", "-4"])?.trim().to_string())
+    }
+}
+
+/// tailrouter's binary: `$TAILROUTER_BIN`, else `<target dir>/debug/tailrouter`, where the
+/// target dir is `$CARGO_TARGET_DIR` or the workspace's `target`. Missing is a loud failure.
+pub fn tailrouter_bin() -> Result<PathBuf> {
+    let path = match std::env::var_os("TAILROUTER_BIN") {
+        Some(p) => PathBuf::from(p),
+        None => {
+            let target = std::env::var_os("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"));
+            target.join("debug/tailrouter")
+        }
+    };
+    if !path.is_file() {
+        return fail(format!(
+            "tailrouter binary {} not found: run cargo build -p tailrouter \
+             (or set TAILROUTER_BIN)",
+            path.display()
+        ));
+    }
+    // The tests drive it with its own CLI: a build without the `cli` tag (such as the one
+    // `cargo test -p tailrouter --no-default-features` leaves behind) cannot serve.
+    let out = Command::new(&path)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| Error(format!("cannot run {} --version: {e}", path.display())))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let has_cli = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("tags:"))
+        .is_some_and(|t| t.split(',').any(|tag| tag.trim() == "cli"));
+    if !has_cli {
+        return fail(format!(
+            "tailrouter binary {} was built without the cli tag ({}): run cargo build -p \
+             tailrouter (or set TAILROUTER_BIN)",
+            path.display(),
+            text.trim().replace('\n', "; ")
+        ));
+    }
+    Ok(path)
+}
+
+/// A tailrouter daemon in a rig namespace, driven by our own CLI (`tailrouter tailscale`).
+pub struct TailrouterNode {
+    /// Its hostname on the tailnet.
+    pub name: String,
+    /// The rig's label for its process (and log).
+    pub label: String,
+    /// Its host.
+    pub host: Host,
+    /// The LocalAPI socket.
+    pub socket: PathBuf,
+    /// The state file, or `None` for `--state=mem:`.
+    pub state: Option<PathBuf>,
+    /// The TUN name it is given.
+    pub tun: String,
+    bin: PathBuf,
+}
+
+impl TailrouterNode {
+    /// Runs our CLI against this node, bounded to 60 s; its output whatever the exit code.
+    pub fn cli(&self, args: &[&str]) -> Result<Output> {
+        let mut cmd = self.host.cmd("timeout");
+        cmd.arg("60")
+            .arg(&self.bin)
+            .arg("tailscale")
+            .arg(format!("--socket={}", self.socket.display()))
+            .args(args)
+            .stdin(Stdio::null());
+        cmd.output()
+            .map_err(|e| Error(format!("cannot run {cmd:?}: {e}")))
+    }
+
+    /// Runs our CLI; a failure is an error with its output. Returns stdout.
+    pub fn tailscale(&self, args: &[&str]) -> Result<String> {
+        let out = self.cli(args)?;
+        if !out.status.success() {
+            return fail(format!(
+                "tailscale {args:?} failed ({}):\n{}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// `tailscale up` with an auth key; returns once the node is Running.
+    pub fn up(&self, hs: &Headscale, key: &str) -> Result<()> {
+        self.tailscale(&[
+            "up",
+            &format!("--login-server={}", hs.url),
+            &format!("--auth-key={key}"),
+            &format!("--hostname={}", self.name),
+            "--accept-dns=false",
+            "--timeout=50s",
+        ])
+        .map(|_| ())
+    }
+
+    /// `tailscale status --json`, parsed.
+    pub fn status(&self) -> Result<serde_json::Value> {
+        let text = self.tailscale(&["status", "--json"])?;
+        serde_json::from_str(&text)
+            .map_err(|e| Error(format!("status --json is not JSON: {e}: {text}")))
+    }
+
+    /// The backend state, or an empty string if status failed.
+    pub fn backend_state(&self) -> String {
+        self.status()
+            .ok()
+            .and_then(|s| s.get("BackendState")?.as_str().map(String::from))
+            .unwrap_or_default()
+    }
+
+    /// Host names of the peers this node lists.
+    pub fn peer_names(&self) -> Result<Vec<String>> {
+        let st = self.status()?;
+        Ok(st
+            .get("Peer")
+            .and_then(|p| p.as_object())
+            .map(|m| {
+                m.values()
+                    .filter_map(|p| p.get("HostName")?.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    /// The node's tailnet IPv4 address (`tailscale ip -4`).
+    pub fn ipv4(&self) -> Result<String> {
+        Ok(self.tailscale(&["ip", "-4"])?.trim().to_string())
+    }
+
+    /// The node's public node key, from status.
+    pub fn node_key(&self) -> Result<String> {
+        let st = self.status()?;
+        st.get("Self")
+            .and_then(|s| s.get("PublicKey")?.as_str().map(String::from))
+            .filter(|k| !k.is_empty())
+            .ok_or_else(|| Error(format!("no Self.PublicKey in {st}")))
     }
 }

@@ -1,0 +1,699 @@
+//! The control client driver: [`crate::backend::ControlClient`] implemented over the
+//! `control-client` crate, running as tasks in the daemon's tokio runtime.
+//!
+//! One task owns the commands; each `start` runs a *session*: connect (ts2021), register,
+//! then the map long-poll, folding every message into a [`NetworkMap`] and reporting a
+//! [`NetMapSummary`] to the core. A failed connection or map stream (including the client's
+//! 120 s silence watchdog for a stalled server) is retried with exponential backoff and
+//! jitter, capped at 60 s, keeping the keys and the last network map.
+//!
+//! Registration follows Go's client (`controlclient/direct.go`):
+//! - a stored node key is re-registered with `Auth` = nil: control answers with the node's
+//!   state and nothing new is created, so a restart is the same node;
+//! - with no node key, or when the key has expired (`NodeKeyExpired`, or a self node whose
+//!   `KeyExpiry` has passed) and an auth key is given, or on an interactive login, a new node
+//!   key is made, with `OldNodeKey` = the previous one, and registered with the auth key or
+//!   interactively (`AuthURL`, then a `Followup` request that waits for the admin);
+//! - only then are keys handed to the core to persist ([`ControlEvent::LoginFinished`]).
+//!
+//! Logout sends Go's logout: the node key with an `Expiry` in the past.
+//!
+//! Nothing here logs keys or the auth key: keys' `Debug` shows public halves only, and
+//! errors from `control-client` never carry the auth key.
+
+use crate::backend::{ControlClient, ControlEvent, ControlParams, NetMapSummary};
+use crate::localapi::{PeerStatus, UserProfile};
+use crate::state;
+use control_client::{Applied, ConnectOptions, NetworkMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+use tailcfg::key::{DiscoPrivate, NodePrivate};
+use tailcfg::{Hostinfo, MapRequest, NetInfo, RegisterAuth, RegisterRequest, Time};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+/// The first retry delay after a failure.
+const BACKOFF_MIN: Duration = Duration::from_secs(1);
+/// The longest retry delay.
+const BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// Go's logout sentinel: an expiry in the past (`time.Unix(123, 0)`).
+const LOGOUT_EXPIRY_UNIX: i64 = 123;
+
+enum Cmd {
+    Start(Box<ControlParams>),
+    Login,
+    Logout(Box<ControlParams>),
+    Stop,
+}
+
+/// The control client of the daemon. Cheap to share; commands return at once.
+pub struct Driver {
+    tx: mpsc::UnboundedSender<Cmd>,
+}
+
+impl Driver {
+    /// Spawns the driver on `rt`. Its reports arrive on the returned receiver; the daemon
+    /// hands each to [`crate::backend::LocalBackend::control_event`].
+    pub fn spawn(
+        rt: &tokio::runtime::Handle,
+        version: &str,
+    ) -> (Arc<Driver>, mpsc::UnboundedReceiver<ControlEvent>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (etx, erx) = mpsc::unbounded_channel();
+        let ctx = Ctx {
+            events: etx,
+            version: version.to_string(),
+            log_id: random_hex32(),
+            disco: DiscoPrivate::generate(),
+            registered: Arc::new(Mutex::new(None)),
+        };
+        rt.spawn(command_loop(rx, ctx));
+        (Arc::new(Driver { tx }), erx)
+    }
+
+    fn send(&self, c: Cmd) {
+        if self.tx.send(c).is_err() {
+            tracing::error!("control driver is gone");
+        }
+    }
+}
+
+impl ControlClient for Driver {
+    fn start(&self, params: ControlParams) {
+        self.send(Cmd::Start(Box::new(params)));
+    }
+    fn login_interactive(&self) {
+        self.send(Cmd::Login);
+    }
+    fn logout(&self, params: ControlParams) {
+        self.send(Cmd::Logout(Box::new(params)));
+    }
+    fn stop(&self) {
+        self.send(Cmd::Stop);
+    }
+}
+
+/// What every session shares.
+#[derive(Clone)]
+struct Ctx {
+    events: mpsc::UnboundedSender<ControlEvent>,
+    version: String,
+    log_id: String,
+    /// Disco keys are not persisted (as in Go): one per daemon run.
+    disco: DiscoPrivate,
+    /// The node key control knows us by, for logout.
+    registered: Arc<Mutex<Option<NodePrivate>>>,
+}
+
+impl Ctx {
+    fn emit(&self, ev: ControlEvent) {
+        // The receiver goes away only at shutdown.
+        let _ = self.events.send(ev);
+    }
+
+    fn set_registered(&self, k: Option<NodePrivate>) {
+        if let Ok(mut g) = self.registered.lock() {
+            *g = k;
+        }
+    }
+
+    fn take_registered(&self) -> Option<NodePrivate> {
+        self.registered.lock().ok().and_then(|mut g| g.take())
+    }
+}
+
+struct Session {
+    params: ControlParams,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn command_loop(mut rx: mpsc::UnboundedReceiver<Cmd>, ctx: Ctx) {
+    let mut session: Option<Session> = None;
+    let mut last: Option<ControlParams> = None;
+    while let Some(cmd) = rx.recv().await {
+        match cmd {
+            Cmd::Start(p) => {
+                let p = *p;
+                // `up` on a node that is already connected with the same key changes nothing.
+                let same = session.as_ref().is_some_and(|s| {
+                    !s.task.is_finished()
+                        && p.auth_key.is_none()
+                        && s.params.control_url == p.control_url
+                        && s.params.node_key.as_ref().map(NodePrivate::public)
+                            == p.node_key.as_ref().map(NodePrivate::public)
+                        && s.params.hostname == p.hostname
+                });
+                if same {
+                    continue;
+                }
+                if let Some(k) = &p.node_key {
+                    ctx.set_registered(Some(k.clone()));
+                }
+                // The old session (if any) is aborted before the new one starts.
+                drop(session.take());
+                last = Some(p.clone());
+                session = Some(Session {
+                    task: tokio::spawn(run_session(p.clone(), false, ctx.clone())),
+                    params: p,
+                });
+            }
+            Cmd::Login => {
+                let Some(mut p) = last.clone() else {
+                    ctx.emit(ControlEvent::Error(
+                        "login: start the node first (`tailscale up`)".into(),
+                    ));
+                    continue;
+                };
+                // A node still waiting for its first login is already doing this.
+                let waiting = session
+                    .as_ref()
+                    .is_some_and(|s| !s.task.is_finished() && s.params.node_key.is_none());
+                if waiting {
+                    continue;
+                }
+                p.auth_key = None;
+                drop(session.take());
+                session = Some(Session {
+                    task: tokio::spawn(run_session(p.clone(), true, ctx.clone())),
+                    params: p,
+                });
+            }
+            Cmd::Stop => session = None,
+            Cmd::Logout(p) => {
+                session = None;
+                last = None;
+                // The key control knows us by: the one just registered, else the stored one
+                // (a node that was stopped since the daemon started).
+                let key = ctx.take_registered().or_else(|| p.node_key.clone());
+                if let Some(key) = key {
+                    tokio::spawn(logout(*p, key));
+                }
+            }
+        }
+    }
+}
+
+async fn logout(p: ControlParams, key: NodePrivate) {
+    let res = async {
+        let conn = control_client::ControlClient::connect(&p.control_url, &p.machine_key).await?;
+        let mut req = RegisterRequest::default();
+        req.node_key = key.public();
+        req.expiry = Some(Time::from_unix(LOGOUT_EXPIRY_UNIX));
+        conn.register(req).await
+    }
+    .await;
+    match res {
+        Ok(_) => tracing::info!("logged out at the control server"),
+        Err(e) => tracing::warn!("logout at the control server failed: {e}"),
+    }
+}
+
+/// Exponential backoff with jitter.
+struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    fn new() -> Self {
+        Backoff { next: BACKOFF_MIN }
+    }
+    fn reset(&mut self) {
+        self.next = BACKOFF_MIN;
+    }
+    /// The delay to wait now: the current step, scaled by a random 0.5..1.0.
+    fn step(&mut self) -> Duration {
+        let d = self.next;
+        self.next = (self.next * 2).min(BACKOFF_MAX);
+        let frac = 0.5 + (random_u64() % 1000) as f64 / 2000.0;
+        d.mul_f64(frac)
+    }
+}
+
+/// A task aborted when its guard goes (with the session attempt that started it).
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// How a session attempt ended.
+enum End {
+    /// A login is needed; the core has been told. Stop retrying.
+    NeedsLogin,
+    /// Connection-level trouble: retry after a backoff.
+    Retry(String),
+}
+
+/// Per-session mutable facts, kept across reconnects.
+struct SessionState {
+    node_key: Option<NodePrivate>,
+    auth_key: Option<String>,
+    force_login: bool,
+    preferred_derp: i32,
+    netmap: NetworkMap,
+    backoff: Backoff,
+}
+
+async fn run_session(p: ControlParams, force_login: bool, ctx: Ctx) {
+    let mut st = SessionState {
+        node_key: p.node_key.clone(),
+        auth_key: p.auth_key.clone(),
+        force_login,
+        preferred_derp: 0,
+        netmap: NetworkMap::new(),
+        backoff: Backoff::new(),
+    };
+    loop {
+        match attempt(&p, &mut st, &ctx).await {
+            End::NeedsLogin => return,
+            End::Retry(why) => {
+                let d = st.backoff.step();
+                tracing::warn!("control: {why}; retrying in {:.1}s", d.as_secs_f64());
+                tokio::time::sleep(d).await;
+            }
+        }
+    }
+}
+
+/// The OS's host name, for Hostinfo when the prefs name none.
+fn os_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Go's GOARCH name for this build's architecture.
+fn go_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "x86" => "386",
+        "aarch64" => "arm64",
+        "powerpc64" => "ppc64",
+        "mips64" => "mips64",
+        other => other,
+    }
+}
+
+fn hostinfo(p: &ControlParams, ctx: &Ctx, preferred_derp: i32) -> Hostinfo {
+    let mut hi = Hostinfo::default();
+    hi.ipn_version = format!("{}-tailrouter", ctx.version);
+    hi.backend_log_id = ctx.log_id.clone();
+    hi.os = "linux".into();
+    // Go sends the kernel release here on Linux; there is no Go runtime to name (GoVersion
+    // is left out), IPNVersion and GoArch say what we are.
+    hi.os_version = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    hi.hostname = if p.hostname.is_empty() {
+        os_hostname()
+    } else {
+        p.hostname.clone()
+    };
+    hi.go_arch = go_arch().into();
+    hi.machine = std::env::consts::ARCH.into();
+    hi.no_logs_no_support = true;
+    hi.routable_ips = p
+        .advertise_routes
+        .iter()
+        .filter_map(|r| r.to_string().parse().ok())
+        .collect();
+    hi.request_tags = p.advertise_tags.clone();
+    let mut ni = NetInfo::default();
+    // Until netcheck exists (issue 4) we cannot measure DERP latency, so the home region is
+    // the lowest-numbered region of the DERP map: deterministic, the same for every restart,
+    // and present in the map. Without a PreferredDERP headscale gives us no HomeDERP, and
+    // peers could not reach us through DERP at all. 0 (unknown) until the map has arrived.
+    ni.preferred_derp = preferred_derp;
+    hi.net_info = Some(ni);
+    hi
+}
+
+fn lowest_region(nm: &NetworkMap) -> i32 {
+    nm.derp_map
+        .as_ref()
+        .and_then(|d| d.regions.as_ref())
+        .and_then(|r| {
+            r.iter()
+                .filter(|(_, v)| v.as_ref().is_some_and(|v| !v.nodes.is_empty()))
+                .map(|(k, _)| *k)
+                .next()
+        })
+        .unwrap_or(0)
+}
+
+fn now_unix() -> i64 {
+    Time::from_system_time(SystemTime::now())
+        .unix_seconds()
+        .unwrap_or(0)
+}
+
+/// One connect, register and map poll. Returns when it needs a login or should be retried.
+async fn attempt(p: &ControlParams, st: &mut SessionState, ctx: &Ctx) -> End {
+    let opts = ConnectOptions::default();
+    let conn =
+        match control_client::ControlClient::connect_with(&p.control_url, &p.machine_key, opts)
+            .await
+        {
+            Ok(c) => Arc::new(c),
+            Err(e) => return End::Retry(format!("connecting to {}: {e}", p.control_url)),
+        };
+    if let Err(end) = register(&conn, p, st, ctx).await {
+        return end;
+    }
+    let Some(node) = st.node_key.clone() else {
+        return End::Retry("no node key after registration".into());
+    };
+
+    let mut req = MapRequest::default();
+    req.node_key = node.public();
+    req.disco_key = ctx.disco.public();
+    req.stream = true;
+    req.keep_alive = true;
+    req.compress = "zstd".into();
+    req.hostinfo = Some(hostinfo(p, ctx, st.preferred_derp));
+    let mut stream = match conn.map_stream(req).await {
+        Ok(s) => s,
+        Err(e) => return End::Retry(format!("map poll: {e}")),
+    };
+    // A reconnect starts from a fresh full map.
+    st.netmap = NetworkMap::new();
+    let mut _lite_task: Option<AbortOnDrop> = None;
+    loop {
+        let msg = match stream.next().await {
+            None => return End::Retry("the server ended the map stream".into()),
+            Some(Err(e)) => return End::Retry(format!("map stream: {e}")),
+            Some(Ok(m)) => m,
+        };
+        match st.netmap.apply(msg) {
+            Ok(Applied::KeepAlive) => continue,
+            Ok(_) => {}
+            Err(e) => return End::Retry(format!("map message: {e}")),
+        }
+        st.backoff.reset();
+        if let Some(me) = &st.netmap.self_node {
+            let exp = me
+                .key_expiry
+                .unix_seconds()
+                .filter(|_| !me.key_expiry.is_zero());
+            if me.expired || exp.is_some_and(|t| t <= now_unix()) {
+                ctx.emit(ControlEvent::KeyExpired(key_expired_msg()));
+                return End::NeedsLogin;
+            }
+        }
+        ctx.emit(ControlEvent::NetMap(summarize(&st.netmap)));
+        // There is no WireGuard engine to configure yet (issue 4): the control plane is all
+        // this node has, and it is up.
+        ctx.emit(ControlEvent::EngineUp(true));
+        let region = lowest_region(&st.netmap);
+        if region != 0 && region != st.preferred_derp {
+            st.preferred_derp = region;
+            let mut lite = MapRequest::default();
+            lite.node_key = node.public();
+            lite.disco_key = ctx.disco.public();
+            lite.hostinfo = Some(hostinfo(p, ctx, region));
+            // Sent beside the stream, never instead of reading it: a server that stalls on
+            // this request must still trip the map watchdog. A failure only costs the home
+            // region until the next map request, which carries it too.
+            let c = Arc::clone(&conn);
+            _lite_task = Some(AbortOnDrop(tokio::spawn(async move {
+                match c.lite_update(lite).await {
+                    Ok(()) => tracing::debug!("home DERP region {region}"),
+                    Err(e) => tracing::warn!("control: sending the home DERP region: {e}"),
+                }
+            })));
+        }
+    }
+}
+
+fn key_expired_msg() -> String {
+    "node key expired: log in again (`tailscale up --auth-key=...` or `tailscale login`)".into()
+}
+
+/// Registers (or re-registers) the node; on success `st.node_key` is the registered key.
+async fn register(
+    conn: &control_client::ControlClient,
+    p: &ControlParams,
+    st: &mut SessionState,
+    ctx: &Ctx,
+) -> Result<(), End> {
+    let hi = hostinfo(p, ctx, st.preferred_derp);
+    // A known key, no login asked for: tell control we are back.
+    if let (Some(key), false) = (st.node_key.clone(), st.force_login) {
+        let mut req = RegisterRequest::default();
+        req.node_key = key.public();
+        req.hostinfo = Some(hi.clone());
+        req.ephemeral = p.ephemeral;
+        let resp = conn
+            .register(req)
+            .await
+            .map_err(|e| End::Retry(format!("registering: {e}")))?;
+        if !resp.node_key_expired && resp.auth_url.is_empty() {
+            ctx.set_registered(Some(key));
+            ctx.emit(ControlEvent::MachineAuthorized(resp.machine_authorized));
+            return Ok(());
+        }
+        if st.auth_key.is_none() {
+            let msg = if resp.node_key_expired {
+                key_expired_msg()
+            } else {
+                "control no longer knows this node: log in again \
+                 (`tailscale up --auth-key=...` or `tailscale login`)"
+                    .into()
+            };
+            ctx.emit(ControlEvent::KeyExpired(msg));
+            return Err(End::NeedsLogin);
+        }
+        tracing::info!("node key expired: rotating it with the auth key");
+    }
+    // A login: a new node key, registered with the auth key or interactively.
+    let old = st.node_key.clone().or_else(|| p.old_node_key.clone());
+    let key = NodePrivate::generate();
+    let mut req = RegisterRequest::default();
+    req.node_key = key.public();
+    if let Some(o) = &old {
+        req.old_node_key = o.public();
+    }
+    req.hostinfo = Some(hi);
+    req.ephemeral = p.ephemeral;
+    if let Some(a) = &st.auth_key {
+        req.auth = Some(RegisterAuth::with_auth_key(a));
+    }
+    let mut resp = conn
+        .register(req.clone())
+        .await
+        .map_err(|e| End::Retry(format!("registering: {e}")))?;
+    // Interactive: show the URL, then wait for the admin with Followup (headscale answers a
+    // fresh URL when the old one expired).
+    for _ in 0..8 {
+        if resp.auth_url.is_empty() {
+            break;
+        }
+        tracing::info!("login needed: {}", resp.auth_url);
+        ctx.emit(ControlEvent::AuthUrl(resp.auth_url.clone()));
+        let mut f = req.clone();
+        f.followup = resp.auth_url.clone();
+        resp = conn
+            .register(f)
+            .await
+            .map_err(|e| End::Retry(format!("waiting for the login: {e}")))?;
+    }
+    if !resp.auth_url.is_empty() {
+        return Err(End::Retry("the login was not completed".into()));
+    }
+    if resp.node_key_expired {
+        ctx.emit(ControlEvent::KeyExpired(
+            "control refused the new node key as expired: log in again".into(),
+        ));
+        return Err(End::NeedsLogin);
+    }
+    let profile = state::Profile {
+        control_url: p.control_url.clone(),
+        login_name: resp.login.login_name.clone(),
+        display_name: if resp.login.display_name.is_empty() {
+            resp.user.display_name.clone()
+        } else {
+            resp.login.display_name.clone()
+        },
+        user_id: resp.user.id,
+        ..state::Profile::default()
+    };
+    tracing::info!(
+        "logged in as {:?}; node key {}",
+        profile.login_name,
+        key.public()
+    );
+    st.node_key = Some(key.clone());
+    st.auth_key = None;
+    st.force_login = false;
+    ctx.set_registered(Some(key.clone()));
+    ctx.emit(ControlEvent::LoginFinished {
+        node_key: key,
+        old_node_key: old,
+        profile,
+    });
+    ctx.emit(ControlEvent::MachineAuthorized(resp.machine_authorized));
+    Ok(())
+}
+
+/// The parts of the map that status shows.
+pub fn summarize(nm: &NetworkMap) -> NetMapSummary {
+    let region_code = |id: i32| -> String {
+        nm.derp_map
+            .as_ref()
+            .and_then(|d| d.region(id))
+            .map(|r| r.region_code.clone())
+            .unwrap_or_default()
+    };
+    let time = |t: &Time| {
+        if t.is_zero() {
+            String::new()
+        } else {
+            t.as_str().to_string()
+        }
+    };
+    let suffix = nm.magic_dns_suffix().unwrap_or("").trim_matches('.');
+    let mut s = NetMapSummary {
+        tailnet: nm.domain.clone(),
+        magic_dns_suffix: suffix.to_string(),
+        ..NetMapSummary::default()
+    };
+    if let Some(me) = &nm.self_node {
+        s.addresses = me.addresses.iter().map(|a| a.addr()).collect();
+        s.dns_name = me.name.clone();
+        s.self_id = me.stable_id.clone();
+        s.user_id = me.user;
+        s.relay = region_code(me.home_derp_region());
+        s.key_expiry = time(&me.key_expiry);
+    }
+    for n in nm.peers.values() {
+        let hostname = n
+            .hostinfo
+            .as_ref()
+            .map(|h| h.hostname.clone())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| n.name.split('.').next().unwrap_or("").to_string());
+        let expiry = n
+            .key_expiry
+            .unix_seconds()
+            .filter(|_| !n.key_expiry.is_zero());
+        s.peers.push(PeerStatus {
+            id: n.stable_id.clone(),
+            public_key: n.key.to_string(),
+            host_name: hostname,
+            dns_name: n.name.clone(),
+            os: n
+                .hostinfo
+                .as_ref()
+                .map(|h| h.os.clone())
+                .unwrap_or_default(),
+            user_id: n.user,
+            tailscale_ips: n.addresses.iter().map(|a| a.addr()).collect(),
+            tags: n.tags.clone(),
+            addrs: n.endpoints.iter().map(|e| e.to_string()).collect(),
+            relay: region_code(n.home_derp_region()),
+            online: n.online.unwrap_or(false),
+            in_network_map: true,
+            last_seen: n.last_seen.as_ref().map(time).unwrap_or_default(),
+            key_expiry: time(&n.key_expiry),
+            expired: n.expired || expiry.is_some_and(|t| t <= now_unix()),
+            ..PeerStatus::default()
+        });
+    }
+    s.users = nm
+        .user_profiles
+        .values()
+        .map(|u| UserProfile {
+            id: u.id,
+            login_name: u.login_name.clone(),
+            display_name: u.display_name.clone(),
+            profile_pic_url: u.profile_pic_url.clone(),
+        })
+        .collect();
+    s
+}
+
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    // RandomState is seeded from the OS once per thread and varies per instance.
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.finish()
+}
+
+/// 64 random hex digits (Hostinfo's BackendLogID), from a fresh key's random bytes.
+fn random_hex32() -> String {
+    let k = NodePrivate::generate();
+    k.public()
+        .as_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_with_jitter_and_caps() {
+        let mut b = Backoff::new();
+        let mut last = Duration::ZERO;
+        for i in 0..12 {
+            let d = b.step();
+            assert!(d <= BACKOFF_MAX, "{i}: {d:?}");
+            assert!(d >= BACKOFF_MIN / 2, "{i}: {d:?}");
+            last = d;
+        }
+        assert!(last >= BACKOFF_MAX / 2, "{last:?}");
+        b.reset();
+        assert!(b.step() <= BACKOFF_MIN);
+    }
+
+    #[test]
+    fn log_id_is_64_hex() {
+        let id = random_hex32();
+        assert_eq!(id.len(), 64);
+        assert!(id.bytes().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(id, random_hex32());
+    }
+
+    #[test]
+    fn hostinfo_names_us() {
+        let p = ControlParams {
+            control_url: "http://127.0.0.1:1".into(),
+            machine_key: tailcfg::key::MachinePrivate::generate(),
+            node_key: None,
+            old_node_key: None,
+            auth_key: None,
+            hostname: "gw".into(),
+            advertise_routes: vec![],
+            advertise_tags: vec![],
+            ephemeral: false,
+        };
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let ctx = Ctx {
+            events: tx,
+            version: "0.1.0".into(),
+            log_id: random_hex32(),
+            disco: DiscoPrivate::generate(),
+            registered: Arc::new(Mutex::new(None)),
+        };
+        let hi = hostinfo(&p, &ctx, 999);
+        assert_eq!(hi.hostname, "gw");
+        assert_eq!(hi.os, "linux");
+        assert_eq!(hi.net_info.map(|n| n.preferred_derp), Some(999));
+    }
+}
