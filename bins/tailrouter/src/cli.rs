@@ -61,6 +61,8 @@ enum Command {
         /// Only the first address
         #[arg(short = '1')]
         one: bool,
+        /// A peer (host name, MagicDNS name or one of its addresses) instead of this node
+        peer: Option<String>,
     },
     /// Connect to Tailscale, logging in if needed
     Up(UpArgs),
@@ -199,10 +201,20 @@ async fn run(c: &Client, command: Command) -> Result<ExitCode, String> {
                 ExitCode::FAILURE
             })
         }
-        Command::Ip { v4, v6, one } => {
-            let st = c.status_without_peers().await.map_err(daemon_err)?;
-            let ips: Vec<&IpAddr> = st
-                .tailscale_ips
+        Command::Ip { v4, v6, one, peer } => {
+            let st = match &peer {
+                None => c.status_without_peers().await,
+                Some(_) => c.status().await,
+            }
+            .map_err(daemon_err)?;
+            let addrs = match &peer {
+                None => &st.tailscale_ips,
+                Some(p) => match find_peer(&st, p) {
+                    Some(found) => found,
+                    None => return Err(format!("no peer named or addressed {p:?} in the tailnet")),
+                },
+            };
+            let ips: Vec<&IpAddr> = addrs
                 .iter()
                 .filter(|ip| (!v4 && !v6) || (v4 && ip.is_ipv4()) || (v6 && ip.is_ipv6()))
                 .take(if one { 1 } else { usize::MAX })
@@ -568,6 +580,21 @@ async fn run_up(c: &Client, a: UpArgs, interactive: bool) -> Result<ExitCode, St
             )),
         }
     }
+}
+
+/// The addresses of the peer `name` names: its host name, its MagicDNS name (with or without
+/// the trailing dot, or only its first label), or one of its addresses; case-insensitive.
+fn find_peer<'a>(st: &'a ipn::localapi::types::Status, name: &str) -> Option<&'a Vec<IpAddr>> {
+    let want = name.trim_end_matches('.').to_ascii_lowercase();
+    let by_ip: Option<IpAddr> = want.parse().ok();
+    st.peer.values().find_map(|p| {
+        let dns = p.dns_name.trim_end_matches('.').to_ascii_lowercase();
+        let first_label = dns.split('.').next().unwrap_or("");
+        let hit = p.host_name.eq_ignore_ascii_case(&want)
+            || (!dns.is_empty() && (dns == want || first_label == want))
+            || by_ip.is_some_and(|ip| p.tailscale_ips.contains(&ip));
+        hit.then_some(&p.tailscale_ips)
+    })
 }
 
 #[cfg(test)]

@@ -127,6 +127,12 @@ fn a_registers_with_auth_key_and_lists_go_peer_both_ways() {
             .iter()
             .any(|i| i == go_ip.as_str())
     );
+    // `tailscale ip PEER` by host name, MagicDNS name and address gives the peer's IPv4.
+    for name in ["go", "go.rig.test", go_ip.as_str()] {
+        let got = tr.tailscale(&["ip", "-4", name]).unwrap();
+        assert_eq!(got.trim(), go_ip, "tailscale ip -4 {name}");
+    }
+    assert!(tr.tailscale(&["ip", "nosuchpeer"]).is_err());
     wait_for("go online in tailrouter's status", LIMIT, || {
         let st = tr.status().ok()?;
         (peer(&st, "go")?["Online"] == true).then_some(())
