@@ -6,7 +6,7 @@
 //! `--login-server URL` (and usually `--auth-key KEY`) it runs tailrouter on this machine and
 //! joins that tailnet instead, prints its status, and logs out again on the way out.
 
-use interop::{Rig, wait_for};
+use interop::{Rig, TailnetNode, wait_for};
 use std::io::BufRead as _;
 use std::path::Path;
 use std::process::{Command, Stdio};

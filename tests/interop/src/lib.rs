@@ -770,25 +770,22 @@ pub struct GoNode {
     cli: PathBuf,
 }
 
-impl GoNode {
-    /// Runs the Go CLI against this node and returns stdout.
-    pub fn tailscale(&self, args: &[&str]) -> Result<String> {
-        let mut cmd = self.host.cmd("timeout");
-        cmd.arg("60")
-            .arg(&self.cli)
-            .arg(format!("--socket={}", self.socket.display()))
-            .args(args);
-        let out = run(&mut cmd)?;
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    }
+/// What every node in the rig offers through its `tailscale` CLI (Go's or ours): the same
+/// commands and JSON, so the helpers are written once.
+pub trait TailnetNode {
+    /// Its hostname on the tailnet.
+    fn hostname(&self) -> &str;
+
+    /// Runs the node's `tailscale` CLI; a failure is an error with its output. Returns stdout.
+    fn tailscale(&self, args: &[&str]) -> Result<String>;
 
     /// `tailscale up` with an auth key; returns once the node is Running.
-    pub fn up(&self, hs: &Headscale, key: &str) -> Result<()> {
+    fn up(&self, hs: &Headscale, key: &str) -> Result<()> {
         self.tailscale(&[
             "up",
             &format!("--login-server={}", hs.url),
             &format!("--auth-key={key}"),
-            &format!("--hostname={}", self.name),
+            &format!("--hostname={}", self.hostname()),
             "--accept-dns=false",
             "--timeout=50s",
         ])
@@ -796,13 +793,14 @@ impl GoNode {
     }
 
     /// `tailscale status --json`, parsed.
-    pub fn status(&self) -> Result<serde_json::Value> {
+    fn status(&self) -> Result<serde_json::Value> {
         let text = self.tailscale(&["status", "--json"])?;
-        serde_json::from_str(&text).map_err(|e| Error(format!("status --json is not JSON: {e}")))
+        serde_json::from_str(&text)
+            .map_err(|e| Error(format!("status --json is not JSON: {e}: {text}")))
     }
 
     /// Host names of the peers this node lists.
-    pub fn peer_names(&self) -> Result<Vec<String>> {
+    fn peer_names(&self) -> Result<Vec<String>> {
         let st = self.status()?;
         Ok(st
             .get("Peer")
@@ -815,9 +813,26 @@ impl GoNode {
             .unwrap_or_default())
     }
 
-    /// The node's first tailnet IPv4 address.
-    pub fn ipv4(&self) -> Result<String> {
+    /// The node's first tailnet IPv4 address (`tailscale ip -4`).
+    fn ipv4(&self) -> Result<String> {
         Ok(self.tailscale(&["ip", "-4"])?.trim().to_string())
+    }
+}
+
+impl TailnetNode for GoNode {
+    fn hostname(&self) -> &str {
+        &self.name
+    }
+
+    /// Runs the Go CLI against this node and returns stdout.
+    fn tailscale(&self, args: &[&str]) -> Result<String> {
+        let mut cmd = self.host.cmd("timeout");
+        cmd.arg("60")
+            .arg(&self.cli)
+            .arg(format!("--socket={}", self.socket.display()))
+            .args(args);
+        let out = run(&mut cmd)?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 }
 
@@ -880,6 +895,26 @@ pub struct TailrouterNode {
     bin: PathBuf,
 }
 
+impl TailnetNode for TailrouterNode {
+    fn hostname(&self) -> &str {
+        &self.name
+    }
+
+    /// Runs our CLI; a failure is an error with its output. Returns stdout.
+    fn tailscale(&self, args: &[&str]) -> Result<String> {
+        let out = self.cli(args)?;
+        if !out.status.success() {
+            return fail(format!(
+                "tailscale {args:?} failed ({}):\n{}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
 impl TailrouterNode {
     /// Runs our CLI against this node, bounded to 60 s; its output whatever the exit code.
     pub fn cli(&self, args: &[&str]) -> Result<Output> {
@@ -894,65 +929,12 @@ impl TailrouterNode {
             .map_err(|e| Error(format!("cannot run {cmd:?}: {e}")))
     }
 
-    /// Runs our CLI; a failure is an error with its output. Returns stdout.
-    pub fn tailscale(&self, args: &[&str]) -> Result<String> {
-        let out = self.cli(args)?;
-        if !out.status.success() {
-            return fail(format!(
-                "tailscale {args:?} failed ({}):\n{}{}",
-                out.status,
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-
-    /// `tailscale up` with an auth key; returns once the node is Running.
-    pub fn up(&self, hs: &Headscale, key: &str) -> Result<()> {
-        self.tailscale(&[
-            "up",
-            &format!("--login-server={}", hs.url),
-            &format!("--auth-key={key}"),
-            &format!("--hostname={}", self.name),
-            "--accept-dns=false",
-            "--timeout=50s",
-        ])
-        .map(|_| ())
-    }
-
-    /// `tailscale status --json`, parsed.
-    pub fn status(&self) -> Result<serde_json::Value> {
-        let text = self.tailscale(&["status", "--json"])?;
-        serde_json::from_str(&text)
-            .map_err(|e| Error(format!("status --json is not JSON: {e}: {text}")))
-    }
-
     /// The backend state, or an empty string if status failed.
     pub fn backend_state(&self) -> String {
         self.status()
             .ok()
             .and_then(|s| s.get("BackendState")?.as_str().map(String::from))
             .unwrap_or_default()
-    }
-
-    /// Host names of the peers this node lists.
-    pub fn peer_names(&self) -> Result<Vec<String>> {
-        let st = self.status()?;
-        Ok(st
-            .get("Peer")
-            .and_then(|p| p.as_object())
-            .map(|m| {
-                m.values()
-                    .filter_map(|p| p.get("HostName")?.as_str().map(String::from))
-                    .collect()
-            })
-            .unwrap_or_default())
-    }
-
-    /// The node's tailnet IPv4 address (`tailscale ip -4`).
-    pub fn ipv4(&self) -> Result<String> {
-        Ok(self.tailscale(&["ip", "-4"])?.trim().to_string())
     }
 
     /// The node's public node key, from status.

@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use interop::{Rig, wait_for};
+use interop::{Rig, TailnetNode, wait_for};
 use std::time::Duration;
 
 #[test]

@@ -5,7 +5,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use interop::{GoNode, Headscale, Rig, TailrouterNode, wait_for};
+use interop::{GoNode, Headscale, Rig, TailnetNode, TailrouterNode, wait_for};
 use serde_json::Value;
 use std::time::{Duration, Instant};
 

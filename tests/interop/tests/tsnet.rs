@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use interop::{Rig, wait_for};
+use interop::{Rig, TailnetNode, wait_for};
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
