@@ -72,6 +72,27 @@ enum Command {
     Down,
     /// Disconnect from Tailscale and forget this node's login
     Logout,
+    /// Ping a peer at the Tailscale layer (disco), showing the path that answered
+    Ping(PingArgs),
+}
+
+/// Flags of `ping`, with Tailscale's names.
+#[derive(Debug, Clone, ClapArgs)]
+struct PingArgs {
+    /// Number of pings (0: until interrupted or direct)
+    #[arg(long = "c", default_value_t = 10)]
+    count: u32,
+    /// Stop once a direct path answers; fail if none did
+    #[arg(long = "until-direct", num_args = 0..=1, default_missing_value = "true", require_equals = true, default_value = "true")]
+    until_direct: bool,
+    /// Send a TSMP ping instead of disco (not supported yet)
+    #[arg(long)]
+    tsmp: bool,
+    /// Send an ICMP ping through the tunnel instead of disco (not supported yet)
+    #[arg(long)]
+    icmp: bool,
+    /// The peer: host name, MagicDNS name or one of its addresses
+    peer: String,
 }
 
 /// Flags of `up` and `login`, with Tailscale's names. `None` means "not given".
@@ -249,7 +270,56 @@ async fn run(c: &Client, command: Command) -> Result<ExitCode, String> {
             c.logout().await.map_err(daemon_err)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Ping(p) => run_ping(c, p).await,
     }
+}
+
+/// `tailscale ping`: disco pings until a direct path answers (or `--c` pings), printing each
+/// pong the way Go does.
+async fn run_ping(c: &Client, a: PingArgs) -> Result<ExitCode, String> {
+    if a.tsmp || a.icmp {
+        return Err("only disco pings are supported so far (no --tsmp or --icmp)".into());
+    }
+    let st = c.status().await.map_err(daemon_err)?;
+    let ips = find_peer(&st, &a.peer)
+        .ok_or_else(|| format!("no peer named or addressed {:?} in the tailnet", a.peer))?;
+    let ip = *ips
+        .iter()
+        .find(|i| i.is_ipv4())
+        .or(ips.first())
+        .ok_or_else(|| format!("peer {:?} has no address", a.peer))?;
+    let mut n = 0;
+    loop {
+        n += 1;
+        let r = c.ping(ip, "disco").await.map_err(daemon_err)?;
+        if r.err == "timeout" {
+            out(&format!("ping {ip:?} timed out\n"));
+        } else if !r.err.is_empty() {
+            return Err(r.err);
+        } else {
+            let via = if r.endpoint.is_empty() {
+                format!("DERP({})", r.derp_region_code)
+            } else {
+                r.endpoint.clone()
+            };
+            let ms = r.latency_seconds * 1000.0;
+            out(&format!(
+                "pong from {} ({}) via {via} in {ms:.0}ms\n",
+                r.node_name, r.node_ip
+            ));
+            if a.until_direct && !r.endpoint.is_empty() {
+                return Ok(ExitCode::SUCCESS);
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        if a.count != 0 && n >= a.count {
+            break;
+        }
+    }
+    if a.until_direct {
+        return Err("direct connection not established".into());
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Go's `tailscale status` text and whether it means "up" (exit 0).

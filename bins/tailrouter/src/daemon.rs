@@ -8,10 +8,6 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-/// Shown in status until the data plane lands.
-const NO_DATA_PLANE: &str =
-    "no data plane yet (issue 4): the node is on the tailnet's control plane but passes no traffic";
-
 /// Default directory for the state file, as in Tailscale's Linux packages.
 const DEFAULT_STATEDIR: &str = "/var/lib/tailscale";
 
@@ -222,13 +218,23 @@ fn run(cfg: Config) -> Result<(), String> {
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
-    let (driver, mut events) = ipn::control::Driver::spawn(rt.handle(), ipn::VERSION);
+    // The data plane comes first: the TUN device and the UDP port are the daemon's to hold,
+    // and a missing privilege is better reported before anything talks to control.
+    let opts = ipn::dataplane::Options::new(&cfg.tun, cfg.port);
+    let disco = opts.disco.clone();
+    let dataplane = rt.block_on(ipn::dataplane::DataPlane::start(opts))?;
+    let (driver, mut events) = ipn::control::Driver::spawn_with(
+        rt.handle(),
+        ipn::VERSION,
+        disco,
+        Some(std::sync::Arc::clone(&dataplane)),
+    );
     // A damaged state file stops the daemon here, before anything could register a new node
     // over the old identity; the file is left as it is.
     let (mut backend, opened) = LocalBackend::open(store, Some(driver), ipn::VERSION)
         .map_err(|e| format!("refusing to start: {e}"))?;
     backend.set_ephemeral(cfg.state == StateLocation::Memory);
-    backend.add_health(NO_DATA_PLANE);
+    backend.set_dataplane(std::sync::Arc::clone(&dataplane));
     match opened {
         Opened::NewNode => tracing::info!("new node: state created"),
         Opened::ImportedFromGo(backup) => tracing::info!(
@@ -260,6 +266,8 @@ fn run(cfg: Config) -> Result<(), String> {
         server.serve(backend, stop.wait()).await;
         Ok::<(), String>(())
     })?;
+    // Addresses, routes and rules added to the host are removed on the way out.
+    dataplane.close();
     tracing::info!("stopped");
     Ok(())
 }

@@ -188,6 +188,7 @@ pub struct LocalBackend {
     bus: broadcast::Sender<Notify>,
     version: String,
     ephemeral: bool,
+    dataplane: Option<Arc<crate::dataplane::DataPlane>>,
 }
 
 /// What opening the state did, for the daemon to log.
@@ -241,6 +242,7 @@ impl LocalBackend {
             bus: broadcast::channel(64).0,
             version: version.to_string(),
             ephemeral: false,
+            dataplane: None,
         };
         Ok((backend, opened))
     }
@@ -249,6 +251,11 @@ impl LocalBackend {
     /// `Ephemeral` set, so control deletes it once it goes away.
     pub fn set_ephemeral(&mut self, ephemeral: bool) {
         self.ephemeral = ephemeral;
+    }
+
+    /// The data plane whose per-peer paths and counters status shows.
+    pub fn set_dataplane(&mut self, dp: Arc<crate::dataplane::DataPlane>) {
+        self.dataplane = Some(dp);
     }
 
     /// Adds a line to the status `Health` list.
@@ -446,6 +453,24 @@ fn check_prefs(p: &Prefs) -> Result<(), BackendError> {
     Ok(())
 }
 
+/// A peer counts as active while WireGuard sessions are fresh: a session rekeys every two
+/// minutes while traffic flows, so three minutes without a handshake means idle.
+const ACTIVE_WINDOW: std::time::Duration = std::time::Duration::from_secs(180);
+
+/// Adds what the engine knows of a peer to its status: the direct address in use, the
+/// counters, the last handshake.
+fn merge_engine_peer(ps: &mut PeerStatus, e: &wg_engine::engine::PeerStatus) {
+    ps.in_engine = true;
+    ps.in_magic_sock = true;
+    ps.cur_addr = e.direct.map(|a| a.to_string()).unwrap_or_default();
+    ps.rx_bytes = i64::try_from(e.rx_bytes).unwrap_or(i64::MAX);
+    ps.tx_bytes = i64::try_from(e.tx_bytes).unwrap_or(i64::MAX);
+    if let Some(t) = e.last_handshake {
+        ps.last_handshake = tailcfg::Time::from_system_time(t).as_str().to_string();
+        ps.active = t.elapsed().map(|d| d < ACTIVE_WINDOW).unwrap_or(true);
+    }
+}
+
 impl Backend for LocalBackend {
     fn status(&self, peers: bool) -> Status {
         let Ok(g) = self.lock() else {
@@ -523,8 +548,16 @@ impl Backend for LocalBackend {
             st.user.insert(u.id.to_string(), u.clone());
         }
         if peers {
+            let engine = self.dataplane.as_ref().and_then(|d| d.status());
             for ps in g.netmap.iter().flat_map(|n| n.peers.iter()) {
-                st.peer.insert(ps.public_key.clone(), ps.clone());
+                let mut ps = ps.clone();
+                if let Some(e) = engine
+                    .as_ref()
+                    .and_then(|e| e.peers.iter().find(|p| p.key.to_string() == ps.public_key))
+                {
+                    merge_engine_peer(&mut ps, e);
+                }
+                st.peer.insert(ps.public_key.clone(), ps);
             }
         }
         st
@@ -630,6 +663,73 @@ impl Backend for LocalBackend {
         });
         self.update_state(&mut g);
         Ok(())
+    }
+
+    fn ping(&self, ip: IpAddr, kind: &str) -> crate::localapi::server::PingFuture {
+        use crate::localapi::PingResult;
+        let fail = |e: BackendError| -> crate::localapi::server::PingFuture {
+            Box::pin(async move { Err(e) })
+        };
+        if kind != "disco" {
+            return fail(BackendError::BadRequest(format!(
+                "ping type {kind:?}: tailrouter answers disco pings only"
+            )));
+        }
+        let Some(dp) = self.dataplane.clone() else {
+            return fail(BackendError::Unavailable("no data plane".into()));
+        };
+        let found = self.lock().ok().and_then(|g| {
+            g.netmap
+                .as_ref()?
+                .peers
+                .iter()
+                .find(|p| p.tailscale_ips.contains(&ip))
+                .cloned()
+        });
+        let Some(p) = found else {
+            return fail(BackendError::BadRequest(format!(
+                "no peer with address {ip}"
+            )));
+        };
+        let Ok(key) = p.public_key.parse::<NodePublic>() else {
+            return fail(BackendError::Internal(format!(
+                "bad peer key {}",
+                p.public_key
+            )));
+        };
+        Box::pin(async move {
+            let name = p
+                .dns_name
+                .split('.')
+                .next()
+                .filter(|s| !s.is_empty())
+                .unwrap_or(&p.host_name)
+                .to_string();
+            let mut r = PingResult {
+                ip: ip.to_string(),
+                node_ip: p
+                    .tailscale_ips
+                    .first()
+                    .map(ToString::to_string)
+                    .unwrap_or_default(),
+                node_name: name,
+                ..PingResult::default()
+            };
+            match dp.ping(key, std::time::Duration::from_secs(5)).await {
+                Some(pong) => {
+                    r.latency_seconds = pong.latency.as_secs_f64();
+                    match pong.path {
+                        wg_engine::magicsock::Path::Udp(a) => r.endpoint = a.to_string(),
+                        wg_engine::magicsock::Path::Derp(id) => {
+                            r.derp_region_id = id;
+                            r.derp_region_code = p.relay.clone();
+                        }
+                    }
+                }
+                None => r.err = "timeout".into(),
+            }
+            Ok(r)
+        })
     }
 
     fn watch(&self, mask: u64) -> (Vec<Notify>, broadcast::Receiver<Notify>) {

@@ -22,6 +22,7 @@
 //! errors from `control-client` never carry the auth key.
 
 use crate::backend::{ControlClient, ControlEvent, ControlParams, NetMapSummary};
+use crate::dataplane::DataPlane;
 use crate::localapi::{PeerStatus, UserProfile};
 use crate::state;
 use control_client::{Applied, ConnectOptions, NetworkMap};
@@ -58,14 +59,26 @@ impl Driver {
         rt: &tokio::runtime::Handle,
         version: &str,
     ) -> (Arc<Driver>, mpsc::UnboundedReceiver<ControlEvent>) {
+        Self::spawn_with(rt, version, DiscoPrivate::generate(), None)
+    }
+
+    /// [`Driver::spawn`] with the data plane: each netmap is applied to it, and its
+    /// endpoints and home DERP region go to control. `disco` must be the data plane's.
+    pub fn spawn_with(
+        rt: &tokio::runtime::Handle,
+        version: &str,
+        disco: DiscoPrivate,
+        dataplane: Option<Arc<DataPlane>>,
+    ) -> (Arc<Driver>, mpsc::UnboundedReceiver<ControlEvent>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let (etx, erx) = mpsc::unbounded_channel();
         let ctx = Ctx {
             events: etx,
             version: version.to_string(),
             log_id: random_hex32(),
-            disco: DiscoPrivate::generate(),
+            disco,
             registered: Arc::new(Mutex::new(None)),
+            dataplane,
         };
         rt.spawn(command_loop(rx, ctx));
         (Arc::new(Driver { tx }), erx)
@@ -103,6 +116,8 @@ struct Ctx {
     disco: DiscoPrivate,
     /// The node key control knows us by, for logout.
     registered: Arc<Mutex<Option<NodePrivate>>>,
+    /// The data plane, when the daemon runs one.
+    dataplane: Option<Arc<DataPlane>>,
 }
 
 impl Ctx {
@@ -372,12 +387,20 @@ async fn attempt(p: &ControlParams, st: &mut SessionState, ctx: &Ctx) -> End {
         return End::Retry("no node key after registration".into());
     };
 
+    let mut local = ctx.dataplane.as_ref().map(|d| d.local_info());
     let mut req = MapRequest::default();
     req.node_key = node.public();
     req.disco_key = ctx.disco.public();
     req.stream = true;
     req.keep_alive = true;
     req.compress = "zstd".into();
+    if let Some(l) = local.as_mut() {
+        let info = l.borrow_and_update().clone();
+        if info.preferred_derp != 0 {
+            st.preferred_derp = info.preferred_derp;
+        }
+        set_endpoints(&mut req, &info);
+    }
     req.hostinfo = Some(hostinfo(p, ctx, st.preferred_derp));
     let mut stream = match conn.map_stream(req).await {
         Ok(s) => s,
@@ -387,7 +410,41 @@ async fn attempt(p: &ControlParams, st: &mut SessionState, ctx: &Ctx) -> End {
     st.netmap = NetworkMap::new();
     let mut _lite_task: Option<AbortOnDrop> = None;
     loop {
-        let msg = match stream.next().await {
+        let next = match local.as_mut() {
+            Some(l) => tokio::select! {
+                m = stream.next() => Some(m),
+                r = l.changed() => {
+                    if r.is_err() {
+                        local = None;
+                    }
+                    None
+                }
+            },
+            None => Some(stream.next().await),
+        };
+        let Some(next) = next else {
+            // Our endpoints or home region changed: tell control beside the stream.
+            if let Some(l) = local.as_mut() {
+                let info = l.borrow_and_update().clone();
+                if info.preferred_derp != 0 {
+                    st.preferred_derp = info.preferred_derp;
+                }
+                let mut lite = MapRequest::default();
+                lite.node_key = node.public();
+                lite.disco_key = ctx.disco.public();
+                lite.hostinfo = Some(hostinfo(p, ctx, st.preferred_derp));
+                set_endpoints(&mut lite, &info);
+                let c = Arc::clone(&conn);
+                _lite_task = Some(AbortOnDrop(tokio::spawn(async move {
+                    match c.lite_update(lite).await {
+                        Ok(()) => tracing::debug!("endpoints sent to control"),
+                        Err(e) => tracing::warn!("control: sending endpoints: {e}"),
+                    }
+                })));
+            }
+            continue;
+        };
+        let msg = match next {
             None => return End::Retry("the server ended the map stream".into()),
             Some(Err(e)) => return End::Retry(format!("map stream: {e}")),
             Some(Ok(m)) => m,
@@ -409,9 +466,14 @@ async fn attempt(p: &ControlParams, st: &mut SessionState, ctx: &Ctx) -> End {
             }
         }
         ctx.emit(ControlEvent::NetMap(summarize(&st.netmap)));
-        // There is no WireGuard engine to configure yet (issue 4): the control plane is all
-        // this node has, and it is up.
+        if let Some(dp) = &ctx.dataplane {
+            dp.apply(&st.netmap, &node).await;
+        }
         ctx.emit(ControlEvent::EngineUp(true));
+        if ctx.dataplane.is_some() {
+            // The engine reports its home region through `local`.
+            continue;
+        }
         let region = lowest_region(&st.netmap);
         if region != 0 && region != st.preferred_derp {
             st.preferred_derp = region;
@@ -431,6 +493,12 @@ async fn attempt(p: &ControlParams, st: &mut SessionState, ctx: &Ctx) -> End {
             })));
         }
     }
+}
+
+/// Puts our endpoints and their kinds into a MapRequest.
+fn set_endpoints(req: &mut MapRequest, info: &wg_engine::engine::LocalInfo) {
+    req.endpoints = info.endpoints.iter().map(|(a, _)| *a).collect();
+    req.endpoint_types = info.endpoints.iter().map(|(_, k)| *k as i32).collect();
 }
 
 fn key_expired_msg() -> String {
@@ -690,6 +758,7 @@ mod tests {
             log_id: random_hex32(),
             disco: DiscoPrivate::generate(),
             registered: Arc::new(Mutex::new(None)),
+            dataplane: None,
         };
         let hi = hostinfo(&p, &ctx, 999);
         assert_eq!(hi.hostname, "gw");

@@ -19,6 +19,7 @@
 
 pub mod backend;
 pub mod control;
+pub mod dataplane;
 pub mod state;
 pub mod tags;
 

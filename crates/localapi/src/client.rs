@@ -1,7 +1,7 @@
 //! The LocalAPI client the `tailscale` CLI uses.
 
 use crate::http::{self, BodyReader, HttpError};
-use crate::types::{MaskedPrefs, Notify, Options, Prefs, Status};
+use crate::types::{MaskedPrefs, Notify, Options, PingResult, Prefs, Status};
 use std::path::{Path, PathBuf};
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
@@ -125,6 +125,14 @@ impl Client {
     pub async fn status_without_peers(&self) -> Result<Status, ClientError> {
         Ok(serde_json::from_slice(
             &self.call("GET", "status?peers=false", None).await?,
+        )?)
+    }
+
+    /// `POST ping?ip=IP&type=KIND`: one ping (`disco` is the kind tailrouter answers).
+    pub async fn ping(&self, ip: std::net::IpAddr, kind: &str) -> Result<PingResult, ClientError> {
+        let ep = format!("ping?ip={ip}&type={kind}");
+        Ok(serde_json::from_slice(
+            &self.call("POST", &ep, None).await?,
         )?)
     }
 

@@ -2,11 +2,12 @@
 //! [`Backend`].
 
 use crate::http::{self, HttpError, Request};
-use crate::types::{MaskedPrefs, Notify, Options, Prefs, Status};
+use crate::types::{MaskedPrefs, Notify, Options, PingResult, Prefs, Status};
 use std::future::Future;
+use std::net::IpAddr;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::pin::pin;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
@@ -65,7 +66,17 @@ pub trait Backend: Send + Sync + 'static {
     /// Subscribes to the bus: the messages to send first (chosen by `mask`, see
     /// [`crate::types::watch`]) and a receiver for the ones that follow.
     fn watch(&self, mask: u64) -> (Vec<Notify>, broadcast::Receiver<Notify>);
+    /// Pings a peer's address (`POST ping?ip=…&type=disco`). The future runs after the call
+    /// returns and may take seconds; a backend without a data plane answers an error.
+    fn ping(&self, ip: IpAddr, kind: &str) -> PingFuture {
+        let _ = (ip, kind);
+        Box::pin(async { Err(BackendError::Unavailable("no data plane".into())) })
+    }
 }
+
+/// The answer of [`Backend::ping`], to be awaited.
+pub type PingFuture =
+    Pin<Box<dyn Future<Output = Result<PingResult, BackendError>> + Send + 'static>>;
 
 /// What a peer may do, from its credentials.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -224,6 +235,7 @@ fn access_for(stream: &UnixStream, owner_uid: u32) -> Access {
 /// What a route answers.
 enum Reply {
     Json(u16, Vec<u8>),
+    Later(PingFuture),
     NoContent,
     Watch(Vec<Notify>, broadcast::Receiver<Notify>),
 }
@@ -270,7 +282,7 @@ fn route(req: &Request, access: Access, backend: &dyn Backend) -> Reply {
     let (methods, write): (&[&str], bool) = match endpoint {
         "status" | "watch-ipn-bus" => (&["GET"], false),
         "prefs" => (&["GET", "PATCH"], req.method == "PATCH"),
-        "start" | "login-interactive" | "logout" => (&["POST"], true),
+        "start" | "login-interactive" | "logout" | "ping" => (&["POST"], true),
         _ => {
             return error_reply(404, &format!("unknown LocalAPI endpoint {endpoint:?}"));
         }
@@ -307,6 +319,13 @@ fn route(req: &Request, access: Access, backend: &dyn Backend) -> Reply {
         }
         ("login-interactive", _) => backend_reply(backend.login_interactive()),
         ("logout", _) => backend_reply(backend.logout()),
+        ("ping", _) => {
+            let Some(ip) = req.query_param("ip").and_then(|s| s.parse::<IpAddr>().ok()) else {
+                return error_reply(400, "ping: want ip=<address>");
+            };
+            let kind = req.query_param("type").unwrap_or("disco");
+            Reply::Later(backend.ping(ip, kind))
+        }
         ("watch-ipn-bus", _) => {
             let mask = match req.query_param("mask").map(str::parse::<u64>) {
                 None => 0,
@@ -342,12 +361,22 @@ async fn handle_conn(stream: UnixStream, access: Access, backend: Arc<dyn Backen
             }
         };
         let close = req.wants_close();
-        let reply = route(&req, access, &*backend);
+        let mut reply = route(&req, access, &*backend);
+        if let Reply::Later(fut) = reply {
+            reply = match fut.await {
+                Ok(r) => json_reply(&r),
+                Err(e) => error_reply(e.status(), &e.to_string()),
+            };
+        }
         let ok = match reply {
             Reply::Json(status, body) => {
                 http::write_response(&mut wr, status, "application/json", &body, close).await
             }
             Reply::NoContent => http::write_response(&mut wr, 204, "", &[], close).await,
+            Reply::Later(_) => {
+                let body = error_body("internal: unresolved answer");
+                http::write_response(&mut wr, 500, "application/json", &body, close).await
+            }
             Reply::Watch(initial, rx) => {
                 stream_bus(&mut rd, &mut wr, initial, rx).await;
                 return;
@@ -486,6 +515,7 @@ mod tests {
             Reply::Json(s, b) => (s, String::from_utf8_lossy(&b).into_owned()),
             Reply::NoContent => (204, String::new()),
             Reply::Watch(..) => (200, "watch".into()),
+            Reply::Later(_) => (200, "later".into()),
         }
     }
 

@@ -599,6 +599,10 @@ pub struct PeerStatus {
     /// When control last saw it online (RFC 3339); empty is Go's zero time.
     #[serde(rename = "LastSeen", serialize_with = "zero_time_if_empty")]
     pub last_seen: String,
+    /// When the last WireGuard handshake with it completed (RFC 3339); empty is Go's zero
+    /// time.
+    #[serde(rename = "LastHandshake", serialize_with = "zero_time_if_empty")]
+    pub last_handshake: String,
     /// When its node key expires (RFC 3339); empty: never, and left out.
     #[serde(rename = "KeyExpiry", skip_serializing_if = "String::is_empty")]
     pub key_expiry: String,
@@ -802,4 +806,42 @@ mod tests {
         let back: Status = serde_json::from_value(v).unwrap();
         assert_eq!(back.state(), Some(BackendState::NeedsLogin));
     }
+}
+
+/// Go's `ipnstate.PingResult`: the answer of `POST ping`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PingResult {
+    /// The address pinged.
+    #[serde(rename = "IP")]
+    pub ip: String,
+    /// The peer's first Tailscale address.
+    #[serde(rename = "NodeIP")]
+    pub node_ip: String,
+    /// The peer's name (MagicDNS name without the suffix, or host name).
+    #[serde(rename = "NodeName")]
+    pub node_name: String,
+    /// Why the ping failed; empty on success.
+    #[serde(rename = "Err", skip_serializing_if = "String::is_empty")]
+    pub err: String,
+    /// Round-trip time in seconds.
+    #[serde(rename = "LatencySeconds", skip_serializing_if = "is_zero_f64")]
+    pub latency_seconds: f64,
+    /// The direct ip:port that answered; empty over DERP.
+    #[serde(rename = "Endpoint", skip_serializing_if = "String::is_empty")]
+    pub endpoint: String,
+    /// The DERP region that relayed the answer, 0 for direct.
+    #[serde(rename = "DERPRegionID", skip_serializing_if = "is_zero_i32")]
+    pub derp_region_id: i32,
+    /// That region's code.
+    #[serde(rename = "DERPRegionCode", skip_serializing_if = "String::is_empty")]
+    pub derp_region_code: String,
+}
+
+fn is_zero_f64(v: &f64) -> bool {
+    *v == 0.0
+}
+
+fn is_zero_i32(v: &i32) -> bool {
+    *v == 0
 }

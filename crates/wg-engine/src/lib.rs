@@ -14,6 +14,7 @@
 //! - [`disco`]: disco packets and messages (Ping, Pong, CallMeMaybe), sealing with per-peer
 //!   keys, and the classifier that tells disco, STUN and WireGuard apart on one UDP socket.
 //! - [`stun`]: the binding request Tailscale sends and the parsing of the answer.
+//! - [`netcheck`]: the STUN report over the DERP regions and the choice of the home region.
 //! - [`wireguard`]: peers on boringtun's sans-IO `Tunn` ([`wireguard::Peers`]) and the
 //!   AllowedIPs longest-prefix-match table; datagrams go out to a caller-owned endpoint type.
 //!
@@ -23,6 +24,9 @@
 
 pub mod derp;
 pub mod disco;
+pub mod engine;
+pub mod magicsock;
 pub mod nacl;
+pub mod netcheck;
 pub mod stun;
 pub mod wireguard;

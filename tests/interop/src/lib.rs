@@ -159,6 +159,96 @@ pub fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>
     }
 }
 
+/// A Python server in `host`'s namespace on `ip:port` (TCP or UDP) that answers each message
+/// with `echo:` and the message (TCP: one message per connection). It exits after 60 s without
+/// a client; kill it when done. Returns after giving it half a second to bind.
+pub fn echo_server(host: &Host, ip: &str, port: u16, udp: bool) -> Result<Child> {
+    let code = if udp {
+        format!(
+            "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n\
+             s.bind(('{ip}',{port}))\ns.settimeout(60)\n\
+             while True:\n d,a=s.recvfrom(2000)\n s.sendto(b'echo:'+d,a)\n"
+        )
+    } else {
+        format!(
+            "import socket\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n\
+             s.bind(('{ip}',{port}))\ns.listen(4)\ns.settimeout(60)\n\
+             while True:\n c,a=s.accept()\n d=c.recv(2000)\n c.sendall(b'echo:'+d)\n c.close()\n"
+        )
+    };
+    let child = host
+        .cmd("python3")
+        .args(["-c", &code])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| Error(format!("cannot start the echo server in {}: {e}", host.ns)))?;
+    // Give it a moment to bind.
+    std::thread::sleep(Duration::from_millis(500));
+    Ok(child)
+}
+
+/// Sends `msg` to `ip:port` from `host` over TCP or UDP and returns the answer; `None` if
+/// none came (TCP connect timeout 3 s, UDP answer timeout 2 s; 10 s at most in all).
+pub fn echo_client(host: &Host, ip: &str, port: u16, udp: bool, msg: &str) -> Option<String> {
+    let code = if udp {
+        format!(
+            "import socket,sys\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.settimeout(2)\n\
+             s.sendto(b'{msg}',('{ip}',{port}))\nsys.stdout.write(s.recvfrom(2000)[0].decode())\n"
+        )
+    } else {
+        format!(
+            "import socket,sys\ns=socket.create_connection(('{ip}',{port}),timeout=3)\n\
+             s.sendall(b'{msg}')\nsys.stdout.write(s.recv(2000).decode())\n"
+        )
+    };
+    let out = host
+        .cmd("timeout")
+        .args(["10", "python3", "-c", &code])
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// How a TCP connection attempt ended ([`tcp_connect`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Connect {
+    /// The handshake completed.
+    Connected,
+    /// No answer within the time given: the SYN (or its answer) was dropped.
+    TimedOut,
+    /// The peer answered with a reset.
+    Refused,
+    /// Anything else (unreachable, no route, …), with Python's message.
+    Failed(String),
+}
+
+/// One TCP connection attempt from `host` to `ip:port` that gives up after `timeout`.
+pub fn tcp_connect(host: &Host, ip: &str, port: u16, timeout: Duration) -> Result<Connect> {
+    let secs = timeout.as_secs_f64();
+    let code = format!(
+        "import socket,sys\n\
+         try:\n socket.create_connection(('{ip}',{port}),timeout={secs}).close()\n print('connected')\n\
+         except socket.timeout:\n print('timeout')\n\
+         except ConnectionRefusedError:\n print('refused')\n\
+         except OSError as e:\n print('failed', e)\n"
+    );
+    let limit = format!("{}", timeout.as_secs() + 10);
+    let out = run(host
+        .cmd("timeout")
+        .args([limit.as_str(), "python3", "-c", &code]))?;
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    Ok(match text.as_str() {
+        "connected" => Connect::Connected,
+        "timeout" => Connect::TimedOut,
+        "refused" => Connect::Refused,
+        _ => Connect::Failed(text),
+    })
+}
+
 /// The first three octets of the rig's underlay /24. A private range used only inside the
 /// rig's own namespaces; each rig of one process gets its own.
 fn underlay_net(serial: u32) -> String {
@@ -374,6 +464,31 @@ impl Rig {
     /// Starts headscale on a new host with its embedded DERP server as the only region, and
     /// creates a user with a reusable pre-auth key.
     pub fn headscale(&mut self) -> Result<Headscale> {
+        self.headscale_with(&HeadscaleOptions::default())
+    }
+
+    /// [`Rig::headscale`] with an ACL policy: `policy` (HuJSON, headscale's policy format) is
+    /// written to `<dir>/headscale/policy.hujson` and named by `policy.path`. headscale
+    /// refuses to start on a policy it cannot parse (a loud failure with its log).
+    pub fn headscale_with_policy(&mut self, policy: &str) -> Result<Headscale> {
+        self.headscale_with(&HeadscaleOptions {
+            policy: Some(policy.to_string()),
+            ..HeadscaleOptions::default()
+        })
+    }
+
+    /// [`Rig::headscale`] with its embedded DERP server (and STUN) disabled and a DERP map
+    /// file (`derp.paths`) whose only region is `derper`'s (see [`Rig::derper`]).
+    pub fn headscale_with_derper(&mut self, derper: &Derper) -> Result<Headscale> {
+        self.headscale_with(&HeadscaleOptions {
+            derper: Some(derper.clone()),
+            ..HeadscaleOptions::default()
+        })
+    }
+
+    /// Starts headscale on a new host as `opts` says, and creates the user `rig` (its id in
+    /// [`Headscale::user_id`]).
+    pub fn headscale_with(&mut self, opts: &HeadscaleOptions) -> Result<Headscale> {
         let host = self.host("ctl")?;
         let dir = self.dir.join("headscale");
         std::fs::create_dir_all(&dir).map_err(|e| Error(format!("mkdir: {e}")))?;
@@ -381,6 +496,29 @@ impl Rig {
         let config = dir.join("config.yaml");
         let d = dir.display();
         let ip = &host.ip;
+        let policy_path = match &opts.policy {
+            Some(text) => {
+                let p = dir.join("policy.hujson");
+                std::fs::write(&p, text)
+                    .map_err(|e| Error(format!("write {}: {e}", p.display())))?;
+                p.display().to_string()
+            }
+            None => String::new(),
+        };
+        let derp = match &opts.derper {
+            None => format!(
+                "derp:\n  server:\n    enabled: true\n    region_id: 999\n    region_code: rig\n    region_name: tailrouter rig\n    verify_clients: true\n    stun_listen_addr: {ip}:3478\n    private_key_path: {d}/derp_server_private.key\n    automatically_add_embedded_derp_region: true\n    ipv4: {ip}\n  urls: []\n  paths: []\n  auto_update_enabled: false\n  update_frequency: 24h\n"
+            ),
+            Some(derper) => {
+                let map = dir.join("derp.yaml");
+                std::fs::write(&map, derper.derp_map_yaml())
+                    .map_err(|e| Error(format!("write {}: {e}", map.display())))?;
+                format!(
+                    "derp:\n  server:\n    enabled: false\n  urls: []\n  paths:\n    - {}\n  auto_update_enabled: false\n  update_frequency: 24h\n",
+                    map.display()
+                )
+            }
+        };
         std::fs::write(
             &config,
             format!(
@@ -391,10 +529,10 @@ impl Rig {
                  disable_check_updates: true\n\
                  noise:\n  private_key_path: {d}/noise_private.key\n\
                  prefixes:\n  v4: 100.64.0.0/10\n  v6: fd7a:115c:a1e0::/48\n  allocation: sequential\n\
-                 derp:\n  server:\n    enabled: true\n    region_id: 999\n    region_code: rig\n    region_name: tailrouter rig\n    verify_clients: true\n    stun_listen_addr: {ip}:3478\n    private_key_path: {d}/derp_server_private.key\n    automatically_add_embedded_derp_region: true\n    ipv4: {ip}\n  urls: []\n  paths: []\n  auto_update_enabled: false\n  update_frequency: 24h\n\
+                 {derp}\
                  database:\n  type: sqlite\n  sqlite:\n    path: {d}/db.sqlite\n    write_ahead_log: true\n\
                  log:\n  level: info\n  format: text\n\
-                 policy:\n  mode: file\n  path: \"\"\n\
+                 policy:\n  mode: file\n  path: \"{policy_path}\"\n\
                  dns:\n  magic_dns: true\n  base_domain: rig.test\n  override_local_dns: false\n  nameservers:\n    global: []\n    split: {{}}\n  search_domains: []\n  extra_records: []\n\
                  unix_socket: {d}/headscale.sock\n\
                  unix_socket_permission: \"0770\"\n\
@@ -412,12 +550,60 @@ impl Rig {
         };
         self.serve_headscale(&hs)?;
         let mut hs = hs;
-        let user = hs.cli(&["users", "create", "rig", "-o", "json"])?;
-        hs.user_id = user
-            .get("id")
-            .map(|v| v.to_string().trim_matches('"').to_string())
-            .ok_or_else(|| Error(format!("no user id in {user}")))?;
+        hs.user_id = hs.create_user("rig")?;
         Ok(hs)
+    }
+
+    /// Starts Tailscale's own DERP server (`derper`, [`Peers::derper`]) on a new host, over
+    /// plain HTTP on port 3340 (what `TS_DEBUG_USE_DERP_HTTP=1` dials) with STUN on UDP 3478,
+    /// as region 900 with the code `tsderp`. It listens on every address of its namespace, so
+    /// its `/debug/` pages answer from the namespace's loopback ([`Derper::vars`]). Returns
+    /// once it accepts connections.
+    pub fn derper(&mut self) -> Result<Derper> {
+        let host = self.host("derp")?;
+        let dir = self.dir.join("derper");
+        std::fs::create_dir_all(&dir).map_err(|e| Error(format!("mkdir: {e}")))?;
+        let mut cmd = host.cmd(&self.peers.derper);
+        // `-a` with a port other than 443 and a certmode other than manual: plain HTTP, no
+        // certificate fetched. `-c` keeps its key in the rig, not /var/lib/derper.
+        cmd.env("HOME", &dir)
+            .arg("-a")
+            .arg(":3340")
+            .args(["-http-port", "-1", "-stun-port", "3478", "-home", "blank"])
+            .arg("-certdir")
+            .arg(dir.join("certs"))
+            .arg("-c")
+            .arg(dir.join("derper.key"));
+        let label = "derper".to_string();
+        self.spawn(&label, cmd)?;
+        let derper = Derper {
+            host,
+            label,
+            region_id: 900,
+            region_code: "tsderp".into(),
+            derp_port: 3340,
+            stun_port: 3478,
+        };
+        let probe = format!("http://{}:{}/derp/probe", derper.host.ip, derper.derp_port);
+        let up = wait_for("derper /derp/probe", Duration::from_secs(20), || {
+            if !self.alive(&derper.label) {
+                return Some(false);
+            }
+            let ok = derper
+                .host
+                .cmd("curl")
+                .args(["-fsS", "-m", "2", &probe])
+                .output()
+                .is_ok_and(|o| o.status.success());
+            ok.then_some(true)
+        })?;
+        if !up {
+            return fail(format!(
+                "derper exited:\n{}",
+                self.log_tail(&derper.label, 30)
+            ));
+        }
+        Ok(derper)
     }
 
     /// Stops headscale and starts it again with the same configuration and database.
@@ -487,6 +673,8 @@ impl Rig {
         };
         cmd.arg("tailscaled")
             .env("TS_LOG_VERBOSITY", "1")
+            // headscale's embedded DERP listens on plain HTTP in the rig.
+            .env("TS_DEBUG_USE_DERP_HTTP", "1")
             .arg(format!("--socket={}", node.socket.display()))
             .arg(format!("--state={state}"))
             .arg(format!("--tun={}", node.tun))
@@ -502,6 +690,12 @@ impl Rig {
 
     /// Starts a Go `tailscaled` on a new host with a kernel TUN, its own socket and state.
     pub fn go_node(&mut self, name: &str) -> Result<GoNode> {
+        self.go_node_env(name, &[])
+    }
+
+    /// [`Rig::go_node`] with extra environment variables (such as
+    /// `TS_DEBUG_ALWAYS_USE_DERP=1`).
+    pub fn go_node_env(&mut self, name: &str, env: &[(&str, &str)]) -> Result<GoNode> {
         let host = self.host(name)?;
         let dir = self.dir.join(format!("go-{name}"));
         for sub in ["state", "logs"] {
@@ -519,6 +713,9 @@ impl Rig {
             .arg(format!("--socket={}", socket.display()))
             .arg(format!("--statedir={}", dir.join("state").display()))
             .args(["--port=41641", "--no-logs-no-support"]);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
         let label = format!("tailscaled-{name}");
         self.spawn(&label, cmd)?;
         let s = socket.clone();
@@ -678,6 +875,76 @@ impl Drop for Rig {
     }
 }
 
+/// How [`Rig::headscale_with`] configures headscale. The default is [`Rig::headscale`]'s:
+/// no policy (everything allowed) and the embedded DERP server as the only region.
+#[derive(Debug, Clone, Default)]
+pub struct HeadscaleOptions {
+    /// An ACL policy (HuJSON) for `policy.path`; `None` leaves `policy.path` empty.
+    pub policy: Option<String>,
+    /// Use this derper as the only DERP region (`derp.paths`) and disable the embedded DERP
+    /// server; `None` keeps the embedded one.
+    pub derper: Option<Derper>,
+}
+
+/// Tailscale's `derper` running on a rig host ([`Rig::derper`]).
+#[derive(Debug, Clone)]
+pub struct Derper {
+    /// Its host; the DERP map names its underlay IPv4 address.
+    pub host: Host,
+    /// The rig's label for its process (and log).
+    pub label: String,
+    /// Its region id in the DERP map.
+    pub region_id: u32,
+    /// Its region code, which `tailscale status --json` shows as a peer's `Relay`.
+    pub region_code: String,
+    /// DERP over plain HTTP (TCP).
+    pub derp_port: u16,
+    /// STUN (UDP).
+    pub stun_port: u16,
+}
+
+impl Derper {
+    /// A DERP map for headscale's `derp.paths` (YAML, the field names of Go's
+    /// `tailcfg.DERPMap` lowercased) with this server as its only region, addressed by IPv4
+    /// literal, IPv6 off.
+    pub fn derp_map_yaml(&self) -> String {
+        let (id, code, ip) = (self.region_id, &self.region_code, &self.host.ip);
+        format!(
+            "regions:\n  {id}:\n    regionid: {id}\n    regioncode: {code}\n    \
+             regionname: tailscale derper\n    nodes:\n      - name: {id}a\n        \
+             regionid: {id}\n        hostname: {ip}\n        ipv4: {ip}\n        \
+             ipv6: none\n        stunport: {}\n        stunonly: false\n        \
+             derpport: {}\n",
+            self.stun_port, self.derp_port
+        )
+    }
+
+    /// derper's expvar counters (the `derp` object of `/debug/vars`: `packets_received`,
+    /// `packets_sent`, `gauge_clients_local`, …), read from its namespace's loopback, which
+    /// derper's debug pages allow.
+    pub fn vars(&self) -> Result<serde_json::Value> {
+        let url = format!("http://127.0.0.1:{}/debug/vars", self.derp_port);
+        let out = run(self.host.cmd("curl").args(["-fsS", "-m", "5", &url]))?;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| {
+            Error(format!(
+                "derper /debug/vars is not JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stdout)
+            ))
+        })?;
+        v.get("derp")
+            .cloned()
+            .ok_or_else(|| Error("derper /debug/vars has no derp object".into()))
+    }
+
+    /// One of derper's counters from [`Derper::vars`].
+    pub fn counter(&self, name: &str) -> Result<i64> {
+        let v = self.vars()?;
+        v.get(name)
+            .and_then(|c| c.as_i64())
+            .ok_or_else(|| Error(format!("derper has no counter {name}: {v}")))
+    }
+}
+
 /// A running headscale.
 pub struct Headscale {
     /// Its host.
@@ -704,13 +971,27 @@ impl Headscale {
         })
     }
 
+    /// Creates a headscale user; returns its numeric id.
+    pub fn create_user(&self, name: &str) -> Result<String> {
+        let user = self.cli(&["users", "create", name, "-o", "json"])?;
+        user.get("id")
+            .map(|v| v.to_string().trim_matches('"').to_string())
+            .ok_or_else(|| Error(format!("no user id in {user}")))
+    }
+
     /// A new reusable pre-auth key for the rig's user.
     pub fn preauth_key(&self) -> Result<String> {
+        self.preauth_key_for(&self.user_id)
+    }
+
+    /// A new reusable pre-auth key for the user with id `user_id` (see
+    /// [`Headscale::create_user`]).
+    pub fn preauth_key_for(&self, user_id: &str) -> Result<String> {
         let v = self.cli(&[
             "preauthkeys",
             "create",
             "--user",
-            &self.user_id,
+            user_id,
             "--reusable",
             "--expiration",
             "1h",

@@ -1,14 +1,15 @@
 //! A thin tokio driver for [`Connection`]: dials, upgrades, and runs the state machine on a
 //! task.
 //!
-//! [`Client::connect`] takes `http://host:port/derp` and dials TCP. HTTPS is the seam for
-//! rustls: a TLS driver dials, wraps the TCP stream, and hands the stream to
-//! [`Client::over`], which does the upgrade and runs the connection over any
-//! `AsyncRead + AsyncWrite`. (With TLS 1.3 and a server meta-certificate it could also use
-//! fast start; see [`super::http`].)
+//! [`Client::connect`] takes a `http://` or `https://` URL; [`super::dial::connect_region`]
+//! dials a region of the DERP map. Both end in [`Client::over`]'s work: the upgrade, then the
+//! connection over any `AsyncRead + AsyncWrite`. (With TLS 1.3 and a server meta-certificate
+//! a client could also use fast start; see [`super::http`]. We do not, yet.)
 
 use super::conn::{Config, ConnError, Connection, Event};
+use super::dial::{DialOptions, NodeFailure, tls_error, url_tls_config};
 use super::http::{UpgradeError, UpgradeRequest, parse_upgrade_response};
+use rustls::pki_types::ServerName;
 use std::future::{Future, poll_fn};
 use std::pin::{Pin, pin};
 use std::task::Poll;
@@ -22,7 +23,7 @@ use tokio::sync::mpsc;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ClientError {
-    /// The URL is not `http://host[:port]/path`.
+    /// The URL is not `http[s]://host[:port][/path]`.
     #[error("bad DERP URL {url:?}: {why}")]
     BadUrl {
         /// The URL given.
@@ -30,9 +31,29 @@ pub enum ClientError {
         /// What is wrong with it.
         why: &'static str,
     },
-    /// `https://` URLs need the TLS driver, which is not built yet.
-    #[error("DERP over TLS is not supported yet: {0}")]
-    TlsUnsupported(String),
+    /// The TLS setup or handshake failed (certificate refused, no roots, not TLS).
+    #[error("DERP TLS with {addr}: {source}")]
+    Tls {
+        /// The server address.
+        addr: String,
+        /// Why (a rustls error inside an I/O error for handshake failures).
+        #[source]
+        source: std::io::Error,
+    },
+    /// A DERP map node that cannot be dialed as described (bad port, no address, bad name,
+    /// malformed pin, no roots).
+    #[error("unusable DERP node: {0}")]
+    BadNode(String),
+    /// No node of a DERP region gave a connection.
+    #[error("DERP region {region_id} ({region_code}): {}", describe_failures(.failures))]
+    Region {
+        /// The region's ID.
+        region_id: i32,
+        /// The region's code.
+        region_code: String,
+        /// Each node tried, in order, and why it failed (STUN-only nodes are not tried).
+        failures: Vec<NodeFailure>,
+    },
     /// Dialing, reading or writing failed.
     #[error("DERP I/O with {addr}: {source}")]
     Io {
@@ -71,6 +92,14 @@ pub enum ClientError {
     Stopped,
 }
 
+fn describe_failures(failures: &[NodeFailure]) -> String {
+    if failures.is_empty() {
+        return "no DERP node (only STUN-only ones, or none)".to_owned();
+    }
+    let all: Vec<String> = failures.iter().map(ToString::to_string).collect();
+    all.join("; ")
+}
+
 enum Command {
     Send { dst: NodePublic, data: Vec<u8> },
     NotePreferred(bool),
@@ -96,19 +125,33 @@ impl Drop for Client {
     }
 }
 
-/// Splits `http://host[:port]/path` into the address to dial, the `Host` header and the
-/// path.
-fn parse_url(url: &str) -> Result<(String, String, String), ClientError> {
+/// A DERP URL taken apart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Url {
+    tls: bool,
+    /// `host:port` to dial.
+    dial: String,
+    /// The host without port or brackets: the TLS server name.
+    host: String,
+    /// The `Host` header (the authority as written).
+    authority: String,
+    path: String,
+}
+
+/// Splits `http[s]://host[:port][/path]`; the path defaults to `/derp`, the port to the
+/// scheme's.
+fn parse_url(url: &str) -> Result<Url, ClientError> {
     let bad = |why| ClientError::BadUrl {
         url: url.to_owned(),
         why,
     };
-    if url.starts_with("https://") {
-        return Err(ClientError::TlsUnsupported(url.to_owned()));
-    }
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or(bad("scheme is not http"))?;
+    let (tls, rest) = if let Some(rest) = url.strip_prefix("https://") {
+        (true, rest)
+    } else if let Some(rest) = url.strip_prefix("http://") {
+        (false, rest)
+    } else {
+        return Err(bad("scheme is not http or https"));
+    };
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/derp"),
@@ -116,20 +159,33 @@ fn parse_url(url: &str) -> Result<(String, String, String), ClientError> {
     if authority.is_empty() || authority.contains('@') {
         return Err(bad("no host, or user info"));
     }
-    let has_port = match authority.rfind(':') {
-        Some(i) => !authority[i..].contains(']'),
-        None => false,
+    let port_at = match authority.rfind(':') {
+        Some(i) if !authority[i..].contains(']') => Some(i),
+        _ => None,
     };
-    let dial = if has_port {
-        authority.to_owned()
-    } else {
-        format!("{authority}:80")
+    let (host, dial) = match port_at {
+        Some(i) => (&authority[..i], authority.to_owned()),
+        None => (
+            authority,
+            format!("{authority}:{}", if tls { 443 } else { 80 }),
+        ),
     };
-    Ok((dial, authority.to_owned(), path.to_owned()))
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(bad("no host"));
+    }
+    Ok(Url {
+        tls,
+        dial,
+        host: host.to_owned(),
+        authority: authority.to_owned(),
+        path: path.to_owned(),
+    })
 }
 
 impl Client {
-    /// Connects to `http://host[:port]/derp` with our node key and runs the connection.
+    /// Connects to `http[s]://host[:port][/path]` with our node key and runs the
+    /// connection; `https://` checks the certificate for `host` against the system roots.
     /// Returns once the upgrade is done; [`Event::Connected`] follows when the server
     /// accepts us.
     pub async fn connect(
@@ -137,8 +193,29 @@ impl Client {
         private: NodePrivate,
         config: Config,
     ) -> Result<Self, ClientError> {
-        let (dial, host, path) = parse_url(url)?;
+        Self::connect_with(url, private, config, &DialOptions::new()).await
+    }
+
+    /// As [`Client::connect`], with the roots of `opts` (`opts.use_http` is ignored: the
+    /// URL's scheme decides).
+    pub async fn connect_with(
+        url: &str,
+        private: NodePrivate,
+        config: Config,
+        opts: &DialOptions,
+    ) -> Result<Self, ClientError> {
+        let url = parse_url(url)?;
+        let tls = if url.tls {
+            let name = ServerName::try_from(url.host.clone()).map_err(|_| {
+                ClientError::BadNode(format!("{:?} is not a valid TLS server name", url.host))
+            })?;
+            let cfg = url_tls_config(&name, opts).map_err(ClientError::BadNode)?;
+            Some((cfg, name))
+        } else {
+            None
+        };
         let limit = config.handshake_timeout;
+        let dial = url.dial.clone();
         let connect = async {
             let stream = TcpStream::connect(&dial)
                 .await
@@ -148,25 +225,63 @@ impl Client {
                 })?;
             // Packets are small and latency matters more than segment count.
             let _ = stream.set_nodelay(true);
-            Self::over(stream, &dial, &host, &path, private, config).await
+            let request = UpgradeRequest {
+                host: &url.authority,
+                path: &url.path,
+                fast_start: false,
+                ideal_node: None,
+            };
+            match tls {
+                None => Self::over_request(stream, &dial, request, private, config).await,
+                Some((cfg, name)) => {
+                    let stream = tokio_rustls::TlsConnector::from(cfg)
+                        .connect(name, stream)
+                        .await
+                        .map_err(|e| ClientError::Tls {
+                            addr: dial.clone(),
+                            source: tls_error(e),
+                        })?;
+                    Self::over_request(stream, &dial, request, private, config).await
+                }
+            }
         };
         tokio::time::timeout(limit, connect)
             .await
             .map_err(|_| ClientError::Conn {
-                addr: dial.clone(),
+                addr: url.dial.clone(),
                 source: ConnError::HandshakeTimeout,
             })?
     }
 
-    /// Does the upgrade over an established byte stream (TCP now, TLS later) and runs the
+    /// Does the upgrade over an established byte stream (TCP or TLS) and runs the
     /// connection on a task. `addr` is used in error messages only. The caller bounds the
     /// time this takes ([`Client::connect`] uses [`Config::handshake_timeout`]); the
     /// connection's own handshake deadline covers ServerInfo afterwards.
     pub async fn over<S>(
-        mut stream: S,
+        stream: S,
         addr: &str,
         host: &str,
         path: &str,
+        private: NodePrivate,
+        config: Config,
+    ) -> Result<Self, ClientError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let request = UpgradeRequest {
+            host,
+            path,
+            fast_start: false,
+            ideal_node: None,
+        };
+        Self::over_request(stream, addr, request, private, config).await
+    }
+
+    /// [`Client::over`] with any upgrade request (`Ideal-Node` for region dials).
+    pub(crate) async fn over_request<S>(
+        mut stream: S,
+        addr: &str,
+        request: UpgradeRequest<'_>,
         private: NodePrivate,
         config: Config,
     ) -> Result<Self, ClientError>
@@ -178,13 +293,7 @@ impl Client {
             source,
         };
         let mut req = Vec::new();
-        UpgradeRequest {
-            host,
-            path,
-            fast_start: false,
-            ideal_node: None,
-        }
-        .emit(&mut req);
+        request.emit(&mut req);
         stream.write_all(&req).await.map_err(io_err)?;
         stream.flush().await.map_err(io_err)?;
 
@@ -400,36 +509,97 @@ mod tests {
 
     #[test]
     fn urls() {
+        let u = parse_url("http://127.0.0.1:3340/derp").unwrap();
         assert_eq!(
-            parse_url("http://127.0.0.1:3340/derp").unwrap(),
-            (
-                "127.0.0.1:3340".to_owned(),
-                "127.0.0.1:3340".to_owned(),
-                "/derp".to_owned()
-            )
+            u,
+            Url {
+                tls: false,
+                dial: "127.0.0.1:3340".to_owned(),
+                host: "127.0.0.1".to_owned(),
+                authority: "127.0.0.1:3340".to_owned(),
+                path: "/derp".to_owned(),
+            }
         );
+        let u = parse_url("http://derp.example").unwrap();
         assert_eq!(
-            parse_url("http://derp.example").unwrap(),
-            (
-                "derp.example:80".to_owned(),
-                "derp.example".to_owned(),
-                "/derp".to_owned()
-            )
+            (u.dial.as_str(), u.authority.as_str()),
+            ("derp.example:80", "derp.example")
         );
-        assert_eq!(parse_url("http://[::1]/derp").unwrap().0, "[::1]:80");
-        assert_eq!(parse_url("http://[::1]:8/derp").unwrap().0, "[::1]:8");
-        assert!(matches!(
-            parse_url("https://derp.example/derp"),
-            Err(ClientError::TlsUnsupported(_))
-        ));
-        assert!(matches!(
-            parse_url("ftp://x/"),
-            Err(ClientError::BadUrl { .. })
-        ));
-        assert!(matches!(
-            parse_url("http:///derp"),
-            Err(ClientError::BadUrl { .. })
-        ));
+        assert_eq!(u.path, "/derp");
+        assert_eq!(parse_url("http://[::1]/derp").unwrap().dial, "[::1]:80");
+        assert_eq!(parse_url("http://[::1]:8/derp").unwrap().dial, "[::1]:8");
+        let u = parse_url("https://derp.example/derp").unwrap();
+        assert!(u.tls);
+        assert_eq!(
+            (u.dial.as_str(), u.host.as_str()),
+            ("derp.example:443", "derp.example")
+        );
+        let u = parse_url("https://[2001:db8::1]:8443/x").unwrap();
+        assert_eq!(u.dial, "[2001:db8::1]:8443");
+        assert_eq!(u.host, "2001:db8::1");
+        assert_eq!(u.authority, "[2001:db8::1]:8443");
+        assert_eq!(u.path, "/x");
+        for bad in [
+            "ftp://x/",
+            "http:///derp",
+            "https://:443/derp",
+            "http://u@h/derp",
+        ] {
+            assert!(
+                matches!(parse_url(bad), Err(ClientError::BadUrl { .. })),
+                "{bad}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn https_url_against_a_plain_server_is_a_tls_error() {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject as _;
+        use std::sync::Arc;
+        // A server that answers the ClientHello with an HTTP error, as a plain HTTP server
+        // does: a clear TLS error, no panic.
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf).await;
+            let _ = s.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n").await;
+        });
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(include_bytes!("testdata/derpkey-cn.pem")).unwrap())
+            .unwrap();
+        let opts = DialOptions::new().with_tls_roots(Arc::new(roots));
+        let url = format!("https://{addr}/derp");
+        let e = Client::connect_with(
+            &url,
+            NodePrivate::from_bytes([1; 32]),
+            Config::default(),
+            &opts,
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(e, ClientError::Tls { .. }), "{e:?}");
+        assert!(
+            e.to_string()
+                .starts_with(&format!("DERP TLS with {addr}: ")),
+            "{e}"
+        );
+
+        // Empty roots are refused before dialing.
+        let opts = DialOptions::new().with_tls_roots(Arc::new(rustls::RootCertStore::empty()));
+        let e = Client::connect_with(
+            &url,
+            NodePrivate::from_bytes([1; 32]),
+            Config::default(),
+            &opts,
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(e, ClientError::BadNode(_)), "{e:?}");
+        assert!(e.to_string().contains("TLS roots"), "{e}");
     }
 
     use crate::derp::Frame;

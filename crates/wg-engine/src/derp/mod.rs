@@ -10,11 +10,15 @@
 //!   at [`Connection::poll_timeout`] with [`Connection::handle_timeout`], drain
 //!   [`Connection::poll_event`]. It answers ServerKey with ClientInfo, waits for ServerInfo,
 //!   answers Pings, pings the server after a minute of silence and gives up after two.
-//! - [`client`]: connects over TCP to `http://host:port/derp` and runs a [`Connection`]; TLS
-//!   is a seam there ([`client::Client::over`] takes any byte stream).
+//! - [`client`]: connects to a `http://` or `https://` URL and runs a [`Connection`] on a
+//!   task ([`client::Client::over`] takes any byte stream).
+//! - [`dial`]: dials a region of the DERP map as Go does ([`dial::connect_region`]): node
+//!   order, ports, address families, TLS 1.2/1.3 with `CertName` and `sha256-raw:` pins.
 
+mod cert;
 pub mod client;
 mod conn;
+pub mod dial;
 mod frame;
 pub mod http;
 

@@ -1,0 +1,1087 @@
+//! The engine's tokio driver: one task that moves packets between the TUN device, the
+//! WireGuard peers ([`crate::wireguard::Peers`]), the UDP socket(s) and the DERP connections,
+//! with [`crate::magicsock::Magicsock`] choosing each datagram's path.
+//!
+//! The device and the per-packet hooks (netstack intercept, packet filter) are the caller's,
+//! behind the [`Device`] and [`Hooks`] traits: the daemon core plugs in `tstun-wrap`, tests
+//! plug in what they need, and this crate imports neither. Both are generic parameters, so
+//! no per-packet dynamic dispatch.
+//!
+//! Everything runs on one task: no locks on the packet path, and the sans-IO parts are used
+//! as they are. DERP connections run on tasks of their own (one per region in use: the home
+//! region always, others while peers homed there are talked to) and talk to the engine task
+//! over bounded channels; a full channel drops the datagram, as a full socket buffer would.
+//!
+//! UDP: one socket per address family on the same port (IPv6 with `IPV6_V6ONLY`), marked with
+//! the caller's bypass mark so an exit node's default route never captures them. A family the
+//! host lacks is skipped with a warning.
+
+use crate::derp::client::Client;
+use crate::derp::dial::{DialOptions, connect_region};
+use crate::derp::{Config as DerpConfig, Event as DerpEvent};
+use crate::disco;
+use crate::magicsock::{self, Magicsock, Path, PeerInfo};
+use crate::wireguard::{self, Decapsulated, EngineConfig, PeerConfig, Peers};
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+use tailcfg::key::{DiscoPrivate, DiscoPublic, NodePrivate, NodePublic};
+use tailcfg::{DerpMap, DerpRegion, IpPrefix};
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// The TUN device (or anything that carries IP packets), as the engine uses it.
+pub trait Device: Send + Sync + 'static {
+    /// Reads one IP packet into `buf`, waiting for it. Must be cancel-safe.
+    fn recv(&self, buf: &mut [u8]) -> impl Future<Output = io::Result<usize>> + Send;
+    /// Writes one IP packet.
+    fn send(&self, packet: &[u8]) -> impl Future<Output = io::Result<usize>> + Send;
+}
+
+/// What to do with a packet read from the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outbound {
+    /// Encrypt and send it to the peer that owns its destination.
+    Send,
+    /// Drop it (filtered).
+    Drop,
+    /// A hook took it (the netstack's service addresses); nothing more to do.
+    Consumed,
+}
+
+/// The per-packet hooks: called on the engine task for every packet.
+pub trait Hooks: Send + 'static {
+    /// A packet read from the device, before encryption.
+    fn outbound(&mut self, packet: &[u8], now: Instant) -> Outbound;
+    /// A packet decrypted from `peer`, before it is written to the device; `false` drops it.
+    fn inbound(&mut self, peer: &NodePublic, packet: &[u8], now: Instant) -> bool;
+}
+
+/// One peer of the configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerSpec {
+    /// Node key (the WireGuard public key).
+    pub key: NodePublic,
+    /// Disco key, if the peer has one.
+    pub disco: Option<DiscoPublic>,
+    /// Endpoints reported to control.
+    pub endpoints: Vec<SocketAddr>,
+    /// Home DERP region, 0 for none.
+    pub home_derp: i32,
+    /// Prefixes routed to this peer (already decided by the core: exit node, accepted routes).
+    pub allowed_ips: Vec<IpPrefix>,
+}
+
+/// The engine's whole configuration, from the netmap.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The node's private key.
+    pub private_key: NodePrivate,
+    /// The peers.
+    pub peers: Vec<PeerSpec>,
+    /// The DERP map; `None` until control sent one.
+    pub derp_map: Option<Arc<DerpMap>>,
+}
+
+/// How the engine starts.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// UDP port for WireGuard and disco; 0 picks one.
+    pub port: u16,
+    /// The disco key of this run.
+    pub disco: DiscoPrivate,
+    /// How DERP servers are dialed.
+    pub derp: DialOptions,
+    /// `SO_MARK` for the engine's sockets (0: none).
+    pub socket_mark: u32,
+}
+
+/// Kinds of endpoint, as `MapRequest.EndpointTypes` numbers them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(i32)]
+pub enum EndpointKind {
+    /// A local interface address.
+    Local = 1,
+    /// Learned from STUN.
+    Stun = 2,
+    /// From a port mapping.
+    PortMapped = 3,
+}
+
+/// What the engine reports for the next MapRequest.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LocalInfo {
+    /// Our endpoints with their kinds.
+    pub endpoints: Vec<(SocketAddr, EndpointKind)>,
+    /// Our home DERP region (`NetInfo.PreferredDERP`), 0 until known.
+    pub preferred_derp: i32,
+}
+
+/// A peer's data-plane state for status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerStatus {
+    /// Node key.
+    pub key: NodePublic,
+    /// The direct address in use (trusted now), if any.
+    pub direct: Option<SocketAddr>,
+    /// The DERP region used otherwise.
+    pub derp_region: i32,
+    /// When the last handshake completed.
+    pub last_handshake: Option<SystemTime>,
+    /// Bytes received (plaintext).
+    pub rx_bytes: u64,
+    /// Bytes sent (plaintext).
+    pub tx_bytes: u64,
+    /// Latency of the direct path.
+    pub latency: Option<Duration>,
+}
+
+/// Counters of the packet path.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Packets read from the device.
+    pub tun_rx: u64,
+    /// Packets written to the device.
+    pub tun_tx: u64,
+    /// Outbound packets dropped by the hooks.
+    pub outbound_filtered: u64,
+    /// Outbound packets with no peer for their destination.
+    pub no_route: u64,
+    /// Inbound packets dropped by the hooks.
+    pub inbound_filtered: u64,
+    /// Datagrams that WireGuard refused (garbage, forged, replayed, unknown peer).
+    pub wireguard_rejected: u64,
+    /// UDP datagrams received.
+    pub udp_rx: u64,
+    /// UDP datagrams sent.
+    pub udp_tx: u64,
+    /// DERP packets received.
+    pub derp_rx: u64,
+    /// DERP packets sent (queued to a connection).
+    pub derp_tx: u64,
+    /// DERP packets dropped (no connection, full queue).
+    pub derp_drops: u64,
+}
+
+/// A snapshot of the engine for status.
+#[derive(Debug, Clone, Default)]
+pub struct Status {
+    /// Per peer.
+    pub peers: Vec<PeerStatus>,
+    /// Our endpoints and home region.
+    pub local: LocalInfo,
+    /// DERP regions with a live connection.
+    pub derp_connected: Vec<i32>,
+    /// Packet counters.
+    pub counters: Counters,
+    /// Disco counters.
+    pub disco: magicsock::Stats,
+}
+
+/// The answer to a disco ping.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PingResult {
+    /// The path that answered first.
+    pub path: Path,
+    /// Round-trip time.
+    pub latency: Duration,
+    /// Our address as the peer saw it.
+    pub observed: SocketAddr,
+}
+
+type HookFn<H> = Box<dyn FnOnce(&mut H) + Send>;
+
+enum Command<H> {
+    Config(Box<Config>),
+    Status(oneshot::Sender<Status>),
+    Ping(NodePublic, oneshot::Sender<Option<PingResult>>),
+    Hooks(HookFn<H>),
+    Inject(Vec<u8>),
+}
+
+/// The running engine. Dropping it stops it.
+pub struct Handle<H> {
+    commands: mpsc::Sender<Command<H>>,
+    local: watch::Receiver<LocalInfo>,
+    task: tokio::task::JoinHandle<()>,
+    port: u16,
+}
+
+impl<H> std::fmt::Debug for Handle<H> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Handle").field("port", &self.port).finish()
+    }
+}
+
+impl<H> Drop for Handle<H> {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The engine stopped.
+#[derive(Debug, thiserror::Error)]
+#[error("the engine has stopped")]
+pub struct Stopped;
+
+impl<H: Hooks> Handle<H> {
+    /// The UDP port in use.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Applies a configuration (each netmap).
+    pub async fn set_config(&self, config: Config) -> Result<(), Stopped> {
+        self.command(Command::Config(Box::new(config))).await
+    }
+
+    /// A status snapshot.
+    pub async fn status(&self) -> Result<Status, Stopped> {
+        let (tx, rx) = oneshot::channel();
+        self.command(Command::Status(tx)).await?;
+        rx.await.map_err(|_| Stopped)
+    }
+
+    /// A disco ping to `peer`; `None` when the peer is unknown or has no disco key. The caller
+    /// bounds the wait.
+    pub async fn ping(&self, peer: NodePublic) -> Result<Option<PingResult>, Stopped> {
+        let (tx, rx) = oneshot::channel();
+        self.command(Command::Ping(peer, tx)).await?;
+        rx.await.map_err(|_| Stopped)
+    }
+
+    /// Runs `f` on the hooks, on the engine task (to change filter rules without a lock).
+    pub async fn with_hooks(&self, f: impl FnOnce(&mut H) + Send + 'static) -> Result<(), Stopped> {
+        self.command(Command::Hooks(Box::new(f))).await
+    }
+
+    /// Sends a packet the node made itself (netstack replies) as if read from the device.
+    pub async fn inject(&self, packet: Vec<u8>) -> Result<(), Stopped> {
+        self.command(Command::Inject(packet)).await
+    }
+
+    /// Watches our endpoints and home region.
+    pub fn local_info(&self) -> watch::Receiver<LocalInfo> {
+        self.local.clone()
+    }
+
+    async fn command(&self, c: Command<H>) -> Result<(), Stopped> {
+        self.commands.send(c).await.map_err(|_| Stopped)
+    }
+}
+
+/// Starts the engine on the current tokio runtime with a first configuration.
+pub async fn spawn<D: Device, H: Hooks>(
+    opts: Options,
+    config: Config,
+    device: D,
+    hooks: H,
+) -> io::Result<Handle<H>> {
+    let (udp4, udp6, port) = bind_udp(opts.port, opts.socket_mark)?;
+    let (cmd_tx, cmd_rx) = mpsc::channel(64);
+    let (local_tx, local_rx) = watch::channel(LocalInfo::default());
+    let (derp_tx, derp_rx) = mpsc::channel(DERP_QUEUE);
+    let node_key = config.private_key.public();
+    let mut engine = Engine {
+        device,
+        hooks,
+        peers: Peers::new(EngineConfig {
+            private_key: config.private_key.clone(),
+            peers: Vec::new(),
+        }),
+        ms: Magicsock::new(opts.disco.clone(), node_key),
+        udp4,
+        udp6,
+        port,
+        opts,
+        private: config.private_key.clone(),
+        derp_map: None,
+        derps: BTreeMap::new(),
+        derp_in: derp_tx,
+        home: 0,
+        local: local_tx,
+        counters: Counters::default(),
+        ping_ids: HashMap::new(),
+        ping_waiters: HashMap::new(),
+        next_ping: 0,
+        peer_keys: Vec::new(),
+        out: vec![0u8; wireguard::BUFFER_LEN],
+        next_endpoint_scan: Instant::now(),
+        next_disco_tick: Instant::now(),
+    };
+    engine.apply(config);
+    let task = tokio::spawn(engine.run(cmd_rx, derp_rx));
+    Ok(Handle {
+        commands: cmd_tx,
+        local: local_rx,
+        task,
+        port,
+    })
+}
+
+/// Packets waiting from all DERP connections to the engine task.
+const DERP_QUEUE: usize = 1024;
+/// Packets waiting per DERP connection to be sent.
+const DERP_SEND_QUEUE: usize = 512;
+/// Local interface addresses are read again this often (they change when links do).
+const ENDPOINT_SCAN_INTERVAL: Duration = Duration::from_secs(30);
+/// How often magicsock's timers (heartbeats, discovery, expiry) run.
+const DISCO_TICK: Duration = Duration::from_millis(500);
+/// Reconnect delays of a DERP connection.
+const DERP_BACKOFF_MIN: Duration = Duration::from_millis(500);
+const DERP_BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+fn bind_udp(port: u16, mark: u32) -> io::Result<(Option<UdpSocket>, Option<UdpSocket>, u16)> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let make = |domain: Domain, addr: SocketAddr| -> io::Result<UdpSocket> {
+        let s = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
+        if domain == Domain::IPV6 {
+            s.set_only_v6(true)?;
+        }
+        if mark != 0 {
+            s.set_mark(mark)?;
+        }
+        s.set_nonblocking(true)?;
+        // Bursts from many peers: a bigger receive buffer where the host allows it.
+        let _ = s.set_recv_buffer_size(4 << 20);
+        let _ = s.set_send_buffer_size(4 << 20);
+        s.bind(&addr.into())?;
+        UdpSocket::from_std(s.into())
+    };
+    let v4 = make(
+        Domain::IPV4,
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port),
+    );
+    let v4 = match v4 {
+        Ok(s) => s,
+        Err(e) => return Err(io::Error::new(e.kind(), format!("UDP port {port}: {e}"))),
+    };
+    let port = v4.local_addr()?.port();
+    let v6 = match make(
+        Domain::IPV6,
+        SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port),
+    ) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!("no IPv6 UDP socket on port {port} ({e}): IPv4 only");
+            None
+        }
+    };
+    Ok((Some(v4), v6, port))
+}
+
+/// A packet from a DERP connection.
+struct DerpIn {
+    region: i32,
+    src: NodePublic,
+    data: Vec<u8>,
+}
+
+struct DerpConn {
+    send: mpsc::Sender<(NodePublic, Vec<u8>)>,
+    preferred: watch::Sender<bool>,
+    connected: watch::Receiver<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for DerpConn {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+struct Engine<D, H> {
+    device: D,
+    hooks: H,
+    peers: Peers<()>,
+    ms: Magicsock,
+    udp4: Option<UdpSocket>,
+    udp6: Option<UdpSocket>,
+    port: u16,
+    opts: Options,
+    private: NodePrivate,
+    derp_map: Option<Arc<DerpMap>>,
+    derps: BTreeMap<i32, DerpConn>,
+    derp_in: mpsc::Sender<DerpIn>,
+    home: i32,
+    local: watch::Sender<LocalInfo>,
+    counters: Counters,
+    /// Transaction IDs of user pings, each naming its waiter.
+    ping_ids: HashMap<[u8; disco::TX_ID_LEN], u64>,
+    ping_waiters: HashMap<u64, oneshot::Sender<Option<PingResult>>>,
+    next_ping: u64,
+    /// The configured peers' keys, in configuration order.
+    peer_keys: Vec<NodePublic>,
+    out: Vec<u8>,
+    next_endpoint_scan: Instant,
+    next_disco_tick: Instant,
+}
+
+enum Wake<H> {
+    Tun(io::Result<usize>),
+    Udp4(io::Result<(usize, SocketAddr)>),
+    Udp6(io::Result<(usize, SocketAddr)>),
+    Derp(Option<DerpIn>),
+    Command(Option<Command<H>>),
+    Timer,
+}
+
+async fn recv_opt(s: &Option<UdpSocket>, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+    match s {
+        Some(s) => s.recv_from(buf).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl<D: Device, H: Hooks> Engine<D, H> {
+    async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<Command<H>>,
+        mut derp_rx: mpsc::Receiver<DerpIn>,
+    ) {
+        let mut tun_buf = vec![0u8; wireguard::MAX_PACKET];
+        let mut udp_buf = vec![0u8; wireguard::BUFFER_LEN];
+        let mut udp6_buf = vec![0u8; wireguard::BUFFER_LEN];
+        loop {
+            let now = Instant::now();
+            let deadline = [
+                self.peers.poll_timeout(),
+                Some(self.next_disco_tick),
+                Some(self.next_endpoint_scan),
+            ]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(now + Duration::from_secs(1));
+            let wake = tokio::select! {
+                r = self.device.recv(&mut tun_buf) => Wake::Tun(r),
+                r = recv_opt(&self.udp4, &mut udp_buf) => Wake::Udp4(r),
+                r = recv_opt(&self.udp6, &mut udp6_buf) => Wake::Udp6(r),
+                d = derp_rx.recv() => Wake::Derp(d),
+                c = commands.recv() => Wake::Command(c),
+                _ = tokio::time::sleep_until(deadline.into()) => Wake::Timer,
+            };
+            match wake {
+                Wake::Tun(Ok(n)) => {
+                    self.counters.tun_rx += 1;
+                    self.outbound(tun_buf.get(..n).unwrap_or_default()).await;
+                }
+                Wake::Tun(Err(e)) => {
+                    tracing::warn!("TUN read: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Wake::Udp4(Ok((n, src))) => {
+                    self.counters.udp_rx += 1;
+                    self.udp_in(src, udp_buf.get(..n).unwrap_or_default()).await;
+                }
+                Wake::Udp6(Ok((n, src))) => {
+                    self.counters.udp_rx += 1;
+                    let src = SocketAddr::new(src.ip().to_canonical(), src.port());
+                    self.udp_in(src, udp6_buf.get(..n).unwrap_or_default())
+                        .await;
+                }
+                Wake::Udp4(Err(e)) | Wake::Udp6(Err(e)) => {
+                    // ICMP errors from earlier sends surface here (ECONNREFUSED); not fatal.
+                    tracing::debug!("UDP receive: {e}");
+                }
+                Wake::Derp(Some(d)) => {
+                    self.counters.derp_rx += 1;
+                    self.derp_packet(d).await;
+                }
+                Wake::Derp(None) => {}
+                Wake::Command(None) => return,
+                Wake::Command(Some(c)) => self.command(c).await,
+                Wake::Timer => {}
+            }
+            self.timers().await;
+            self.flush_disco().await;
+        }
+    }
+
+    async fn command(&mut self, c: Command<H>) {
+        match c {
+            Command::Config(cfg) => self.apply(*cfg),
+            Command::Status(tx) => {
+                let _ = tx.send(self.status());
+            }
+            Command::Ping(peer, tx) => match self.ms.ping(&peer, Instant::now()) {
+                Some(ids) if !ids.is_empty() => {
+                    let waiters = &self.ping_waiters;
+                    self.ping_ids
+                        .retain(|_, w| waiters.get(w).is_some_and(|s| !s.is_closed()));
+                    self.ping_waiters.retain(|_, s| !s.is_closed());
+                    let id = self.next_ping;
+                    self.next_ping += 1;
+                    self.ping_waiters.insert(id, tx);
+                    for t in ids {
+                        self.ping_ids.insert(t, id);
+                    }
+                }
+                _ => {
+                    let _ = tx.send(None);
+                }
+            },
+            Command::Hooks(f) => f(&mut self.hooks),
+            Command::Inject(p) => self.send_to_peer(&p).await,
+        }
+    }
+
+    fn apply(&mut self, cfg: Config) {
+        if cfg.private_key != self.private {
+            self.private = cfg.private_key.clone();
+            self.ms.set_node_key(cfg.private_key.public());
+            // DERP connections carry the node key: reconnect them all.
+            self.derps.clear();
+        }
+        self.peer_keys = cfg.peers.iter().map(|p| p.key).collect();
+        let wg_peers = cfg
+            .peers
+            .iter()
+            .map(|p| PeerConfig {
+                key: p.key,
+                allowed_ips: p.allowed_ips.clone(),
+                endpoint: Some(()),
+            })
+            .collect();
+        self.peers.set_config(EngineConfig {
+            private_key: cfg.private_key.clone(),
+            peers: wg_peers,
+        });
+        self.ms.set_peers(
+            cfg.peers
+                .into_iter()
+                .map(|p| PeerInfo {
+                    key: p.key,
+                    disco: p.disco,
+                    endpoints: p.endpoints,
+                    home_derp: p.home_derp,
+                })
+                .collect(),
+        );
+        if cfg.derp_map != self.derp_map {
+            self.derp_map = cfg.derp_map;
+            // Regions no longer in the map are closed.
+            let map = self.derp_map.clone();
+            self.derps
+                .retain(|r, _| map.as_ref().is_some_and(|m| m.region(*r).is_some()));
+            let home = self.derp_map.as_deref().map(default_home).unwrap_or(0);
+            self.set_home(home);
+        }
+    }
+
+    fn set_home(&mut self, region: i32) {
+        if region == self.home {
+            return;
+        }
+        if let Some(old) = self.derps.get(&self.home) {
+            let _ = old.preferred.send(false);
+        }
+        self.home = region;
+        if region != 0 {
+            self.ensure_derp(region);
+            if let Some(c) = self.derps.get(&region) {
+                let _ = c.preferred.send(true);
+            }
+        }
+        self.publish_local();
+    }
+
+    fn publish_local(&mut self) {
+        let mut endpoints: Vec<(SocketAddr, EndpointKind)> = local_addresses()
+            .into_iter()
+            .filter(|ip| match ip {
+                IpAddr::V4(_) => self.udp4.is_some(),
+                IpAddr::V6(_) => self.udp6.is_some(),
+            })
+            .map(|ip| (SocketAddr::new(ip, self.port), EndpointKind::Local))
+            .collect();
+        endpoints.sort();
+        endpoints.dedup();
+        self.ms
+            .set_my_endpoints(endpoints.iter().map(|(a, _)| *a).collect());
+        let info = LocalInfo {
+            endpoints,
+            preferred_derp: self.home,
+        };
+        self.local.send_if_modified(|cur| {
+            if *cur == info {
+                false
+            } else {
+                *cur = info;
+                true
+            }
+        });
+    }
+
+    /// Starts the connection to `region` if there is none.
+    fn ensure_derp(&mut self, region: i32) {
+        if self.derps.contains_key(&region) {
+            return;
+        }
+        let Some(r) = self
+            .derp_map
+            .as_deref()
+            .and_then(|m| m.region(region))
+            .cloned()
+        else {
+            return;
+        };
+        let (send_tx, send_rx) = mpsc::channel(DERP_SEND_QUEUE);
+        let (pref_tx, pref_rx) = watch::channel(region == self.home);
+        let (conn_tx, conn_rx) = watch::channel(false);
+        let task = tokio::spawn(derp_task(
+            r,
+            self.private.clone(),
+            self.opts.derp.clone(),
+            send_rx,
+            self.derp_in.clone(),
+            pref_rx,
+            conn_tx,
+        ));
+        self.derps.insert(
+            region,
+            DerpConn {
+                send: send_tx,
+                preferred: pref_tx,
+                connected: conn_rx,
+                task,
+            },
+        );
+    }
+
+    fn derp_send(&mut self, region: i32, peer: NodePublic, data: Vec<u8>) {
+        self.ensure_derp(region);
+        match self.derps.get(&region) {
+            Some(c) if c.send.try_send((peer, data)).is_ok() => self.counters.derp_tx += 1,
+            _ => self.counters.derp_drops += 1,
+        }
+    }
+
+    async fn udp_send(&mut self, dst: SocketAddr, data: &[u8]) {
+        let sock = if dst.is_ipv4() {
+            &self.udp4
+        } else {
+            &self.udp6
+        };
+        let Some(s) = sock else {
+            return;
+        };
+        match s.try_send_to(data, dst) {
+            Ok(_) => self.counters.udp_tx += 1,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if s.send_to(data, dst).await.is_ok() {
+                    self.counters.udp_tx += 1;
+                }
+            }
+            Err(e) => tracing::debug!("UDP send to {dst}: {e}"),
+        }
+    }
+
+    /// Sends a WireGuard datagram for `peer` the way magicsock says.
+    async fn route(&mut self, peer: NodePublic, data: &[u8]) {
+        let Some(paths) = self.ms.send_paths(&peer, Instant::now()) else {
+            return;
+        };
+        if let Some(a) = paths.udp {
+            self.udp_send(a, data).await;
+        }
+        if let Some(r) = paths.derp {
+            self.derp_send(r, peer, data.to_vec());
+        }
+    }
+
+    async fn outbound(&mut self, pkt: &[u8]) {
+        match self.hooks.outbound(pkt, Instant::now()) {
+            Outbound::Send => self.send_to_peer(pkt).await,
+            Outbound::Drop => self.counters.outbound_filtered += 1,
+            Outbound::Consumed => {}
+        }
+    }
+
+    async fn send_to_peer(&mut self, pkt: &[u8]) {
+        let mut out = std::mem::take(&mut self.out);
+        match self.peers.encapsulate(pkt, &mut out) {
+            Ok(Some(t)) => self.route(t.peer, t.datagram).await,
+            Ok(None) => {}
+            Err(wireguard::Error::NoRoute(_)) => self.counters.no_route += 1,
+            Err(e) => tracing::debug!("encapsulate: {e}"),
+        }
+        self.out = out;
+    }
+
+    async fn udp_in(&mut self, src: SocketAddr, data: &[u8]) {
+        let now = Instant::now();
+        match disco::classify(data) {
+            disco::PacketKind::Stun => {
+                tracing::trace!("STUN from {src} (netcheck not wired)");
+            }
+            disco::PacketKind::Disco { geneve: false } => {
+                self.ms.handle_udp(src, data, now);
+            }
+            disco::PacketKind::WireGuard { geneve: false } => {
+                self.wireguard_in(None, Path::Udp(src), data).await;
+            }
+            _ => self.counters.wireguard_rejected += 1,
+        }
+    }
+
+    async fn derp_packet(&mut self, d: DerpIn) {
+        if disco::Packet::looks_like(&d.data) {
+            self.ms
+                .handle_derp(d.region, d.src, &d.data, Instant::now());
+            return;
+        }
+        self.ms.note_derp_recv(&d.src, d.region);
+        self.wireguard_in(Some(d.src), Path::Derp(d.region), &d.data)
+            .await;
+    }
+
+    async fn wireguard_in(&mut self, hint: Option<NodePublic>, from: Path, data: &[u8]) {
+        let mut out = std::mem::take(&mut self.out);
+        let now = Instant::now();
+        let mut reply_peer = None;
+        match self.peers.decapsulate(hint, (), data, &mut out) {
+            // An empty packet is a keepalive: nothing to write.
+            Ok(Decapsulated::Packet { packet: [], .. }) => {}
+            Ok(Decapsulated::Packet { peer, packet }) => {
+                if self.hooks.inbound(&peer, packet, now) {
+                    match self.device.send(packet).await {
+                        Ok(_) => self.counters.tun_tx += 1,
+                        Err(e) => tracing::debug!("TUN write: {e}"),
+                    }
+                } else {
+                    self.counters.inbound_filtered += 1;
+                }
+            }
+            Ok(Decapsulated::Transmit(t)) => {
+                // Answer the way it came (WireGuard roaming).
+                match from {
+                    Path::Udp(a) => self.udp_send(a, t.datagram).await,
+                    Path::Derp(r) => self.derp_send(r, t.peer, t.datagram.to_vec()),
+                }
+                reply_peer = Some(t.peer);
+            }
+            Ok(Decapsulated::Done) => {}
+            Err(e) => {
+                self.counters.wireguard_rejected += 1;
+                tracing::debug!("WireGuard from {from}: {e}");
+            }
+        }
+        // Then release what waited for the handshake.
+        if let Some(peer) = reply_peer {
+            while let Ok(Some(t)) = self.peers.flush_queued(&peer, &mut out) {
+                self.route(peer, t.datagram).await;
+            }
+        }
+        self.out = out;
+    }
+
+    async fn timers(&mut self) {
+        let now = Instant::now();
+        let mut out = std::mem::take(&mut self.out);
+        let mut emitted: Vec<(NodePublic, Vec<u8>)> = Vec::new();
+        let _ = self.peers.handle_timeout(now, &mut out, |t| {
+            emitted.push((t.peer, t.datagram.to_vec()))
+        });
+        self.out = out;
+        for (peer, d) in emitted {
+            self.route(peer, &d).await;
+        }
+        // Disco timers walk every peer: on a fixed tick, not per packet.
+        if now >= self.next_disco_tick {
+            self.next_disco_tick = now + DISCO_TICK;
+            self.ms.handle_timeout(now);
+        }
+        if now >= self.next_endpoint_scan {
+            self.next_endpoint_scan = now + ENDPOINT_SCAN_INTERVAL;
+            self.publish_local();
+            // Drop DERP connections to regions no peer is homed in (except home).
+            let used: Vec<i32> = self
+                .peers_regions()
+                .into_iter()
+                .chain(std::iter::once(self.home))
+                .collect();
+            self.derps.retain(|r, _| used.contains(r));
+        }
+    }
+
+    fn peers_regions(&self) -> Vec<i32> {
+        let now = Instant::now();
+        let mut v = Vec::new();
+        for key in &self.peer_keys {
+            if let Some(s) = self.ms.path_status(key, now)
+                && s.derp_region != 0
+            {
+                v.push(s.derp_region);
+            }
+        }
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
+    async fn flush_disco(&mut self) {
+        while let Some(t) = self.ms.poll_transmit() {
+            match t.path {
+                Path::Udp(a) => self.udp_send(a, &t.data).await,
+                Path::Derp(r) => self.derp_send(r, t.peer, t.data),
+            }
+        }
+        while let Some(ev) = self.ms.poll_event() {
+            match ev {
+                magicsock::Event::Pong {
+                    path,
+                    latency,
+                    observed,
+                    tx_id,
+                    ..
+                } => {
+                    if let Some(tx) = self
+                        .ping_ids
+                        .remove(&tx_id)
+                        .and_then(|id| self.ping_waiters.remove(&id))
+                    {
+                        let _ = tx.send(Some(PingResult {
+                            path,
+                            latency,
+                            observed,
+                        }));
+                    }
+                }
+                magicsock::Event::PathChanged { peer, udp } => match udp {
+                    Some(a) => tracing::info!("peer {peer}: direct path {a}"),
+                    None => tracing::info!("peer {peer}: direct path lost, using DERP"),
+                },
+            }
+        }
+    }
+
+    fn status(&self) -> Status {
+        let now = Instant::now();
+        let wall = SystemTime::now();
+        let peers = self
+            .peer_keys
+            .iter()
+            .copied()
+            .map(|key| {
+                let st = self.peers.stats(&key);
+                let path = self.ms.path_status(&key, now).unwrap_or_default();
+                PeerStatus {
+                    key,
+                    direct: path.udp.filter(|_| path.trusted),
+                    derp_region: path.derp_region,
+                    last_handshake: st
+                        .and_then(|s| s.since_handshake)
+                        .and_then(|d| wall.checked_sub(d)),
+                    rx_bytes: st.map_or(0, |s| s.rx_bytes as u64),
+                    tx_bytes: st.map_or(0, |s| s.tx_bytes as u64),
+                    latency: path.latency.filter(|_| path.trusted),
+                }
+            })
+            .collect();
+        Status {
+            peers,
+            local: self.local.borrow().clone(),
+            derp_connected: self
+                .derps
+                .iter()
+                .filter(|(_, c)| *c.connected.borrow())
+                .map(|(r, _)| *r)
+                .collect(),
+            counters: self.counters,
+            disco: self.ms.stats(),
+        }
+    }
+}
+
+/// The home region until netcheck measures: the lowest-numbered region that has a DERP
+/// node and may be home. Deterministic, so restarts keep it.
+pub fn default_home(map: &DerpMap) -> i32 {
+    map.regions
+        .iter()
+        .flatten()
+        .filter_map(|(id, r)| r.as_ref().map(|r| (*id, r)))
+        .filter(|(_, r)| !r.no_measure_no_home && r.nodes.iter().any(|n| !n.stun_only))
+        .map(|(id, _)| id)
+        .next()
+        .unwrap_or(0)
+}
+
+/// One DERP region's connection: dial, relay both ways, reconnect with backoff.
+async fn derp_task(
+    region: DerpRegion,
+    private: NodePrivate,
+    opts: DialOptions,
+    mut sends: mpsc::Receiver<(NodePublic, Vec<u8>)>,
+    to_engine: mpsc::Sender<DerpIn>,
+    mut preferred: watch::Receiver<bool>,
+    connected: watch::Sender<bool>,
+) {
+    let id = region.region_id;
+    let mut backoff = DERP_BACKOFF_MIN;
+    loop {
+        let client = connect_region(&region, private.clone(), DerpConfig::default(), &opts).await;
+        let mut client: Client = match client {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!("DERP region {id}: {e}; retrying in {backoff:?}");
+                // Sends while down are dropped, like datagrams.
+                let until = tokio::time::Instant::now() + backoff;
+                while tokio::time::timeout_at(until, sends.recv())
+                    .await
+                    .is_ok_and(|m| m.is_some())
+                {}
+                backoff = (backoff * 2).min(DERP_BACKOFF_MAX);
+                continue;
+            }
+        };
+        let p = *preferred.borrow();
+        let _ = client.note_preferred(p).await;
+        let why: String = loop {
+            tokio::select! {
+                m = sends.recv() => match m {
+                    Some((dst, data)) => {
+                        if let Err(e) = client.send(dst, data).await {
+                            break e.to_string();
+                        }
+                    }
+                    None => return,
+                },
+                ev = client.recv() => match ev {
+                    Ok(DerpEvent::Connected { .. }) => {
+                        tracing::debug!("DERP region {id}: connected");
+                        backoff = DERP_BACKOFF_MIN;
+                        let _ = connected.send(true);
+                    }
+                    Ok(DerpEvent::Packet { src, data }) => {
+                        // A full engine queue drops, like a full socket buffer.
+                        let _ = to_engine.try_send(DerpIn { region: id, src, data });
+                    }
+                    Ok(other) => tracing::trace!("DERP region {id}: {other:?}"),
+                    Err(e) => break e.to_string(),
+                },
+                r = preferred.changed() => {
+                    if r.is_err() {
+                        return;
+                    }
+                    let p = *preferred.borrow();
+                    if let Err(e) = client.note_preferred(p).await {
+                        break e.to_string();
+                    }
+                }
+            }
+        };
+        let _ = connected.send(false);
+        tracing::warn!("DERP region {id}: {why}; reconnecting in {backoff:?}");
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(DERP_BACKOFF_MAX);
+    }
+}
+
+/// This host's interface addresses usable as endpoints: not loopback, not link-local, not
+/// in Tailscale's own ranges (the TUN's addresses). Read from procfs, so it follows the
+/// network namespace and needs no extra privileges or libraries.
+pub fn local_addresses() -> Vec<IpAddr> {
+    let mut v = Vec::new();
+    if let Ok(t) = std::fs::read_to_string("/proc/net/fib_trie") {
+        v.extend(parse_fib_trie_locals(&t).into_iter().map(IpAddr::V4));
+    }
+    if let Ok(t) = std::fs::read_to_string("/proc/net/if_inet6") {
+        v.extend(parse_if_inet6(&t).into_iter().map(IpAddr::V6));
+    }
+    v.retain(|ip| !is_tailscale(ip) && !ip.is_loopback());
+    v.sort();
+    v.dedup();
+    v
+}
+
+fn is_tailscale(ip: &IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            o[0] == 100 && (o[1] & 0xc0) == 64
+        }
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            s[0] == 0xfd7a && s[1] == 0x115c && s[2] == 0xa1e0
+        }
+    }
+}
+
+/// The host addresses of `/proc/net/fib_trie`: an address line followed by `/32 host LOCAL`.
+fn parse_fib_trie_locals(text: &str) -> Vec<Ipv4Addr> {
+    let mut v = Vec::new();
+    let mut last: Option<Ipv4Addr> = None;
+    for line in text.lines() {
+        let t = line.trim();
+        if let Some(rest) = t.strip_prefix("|-- ") {
+            last = rest.trim().parse().ok();
+        } else if t.contains("/32 host LOCAL")
+            && let Some(a) = last.take()
+            && !a.is_link_local()
+            && !v.contains(&a)
+        {
+            v.push(a);
+        }
+    }
+    v
+}
+
+/// Global-scope addresses of `/proc/net/if_inet6` (32 hex digits, index, prefix, scope, …).
+fn parse_if_inet6(text: &str) -> Vec<Ipv6Addr> {
+    text.lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let hex = f.next()?;
+            let scope = f.nth(2)?;
+            if scope != "00" || hex.len() != 32 {
+                return None;
+            }
+            let n = u128::from_str_radix(hex, 16).ok()?;
+            Some(Ipv6Addr::from(n))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fib_trie_locals() {
+        let t = "Main:\n  +-- 0.0.0.0/0 3 0 5\n     |-- 0.0.0.0\n        /0 universe UNICAST\n     \
+                 +-- 10.213.40.0/24 2 0 2\n        |-- 10.213.40.2\n           /32 host LOCAL\n\
+                 |-- 127.0.0.1\n   /32 host LOCAL\n|-- 169.254.1.1\n /32 host LOCAL\n\
+                 Local:\n        |-- 10.213.40.2\n           /32 host LOCAL\n";
+        let v = parse_fib_trie_locals(t);
+        assert_eq!(
+            v,
+            vec![
+                "10.213.40.2".parse::<Ipv4Addr>().unwrap(),
+                "127.0.0.1".parse().unwrap()
+            ]
+        );
+    }
+
+    #[test]
+    fn if_inet6_global_only() {
+        let t = "fe800000000000000000000000000001 02 40 20 80 eth0\n\
+                 20010db8000000000000000000000001 02 40 00 80 eth0\n\
+                 garbage\n";
+        assert_eq!(
+            parse_if_inet6(t),
+            vec!["2001:db8::1".parse::<Ipv6Addr>().unwrap()]
+        );
+    }
+
+    #[test]
+    fn tailscale_ranges() {
+        assert!(is_tailscale(&"100.64.0.1".parse().unwrap()));
+        assert!(is_tailscale(&"100.127.255.1".parse().unwrap()));
+        assert!(!is_tailscale(&"100.128.0.1".parse().unwrap()));
+        assert!(is_tailscale(&"fd7a:115c:a1e0::1".parse().unwrap()));
+    }
+}
