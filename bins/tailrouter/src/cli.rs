@@ -74,6 +74,12 @@ enum Command {
     Logout,
     /// Ping a peer at the Tailscale layer (disco), showing the path that answered
     Ping(PingArgs),
+    /// Print the daemon's last network report: UDP, public addresses, DERP latencies
+    Netcheck {
+        /// Output format: empty for text, `json` or `json-line`
+        #[arg(long, default_value = "")]
+        format: String,
+    },
 }
 
 /// Flags of `ping`, with Tailscale's names.
@@ -271,7 +277,60 @@ async fn run(c: &Client, command: Command) -> Result<ExitCode, String> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Ping(p) => run_ping(c, p).await,
+        Command::Netcheck { format } => {
+            let r = c.netcheck().await.map_err(daemon_err)?;
+            match format.as_str() {
+                "" => out(&netcheck_text(&r)),
+                "json" => out(&format!(
+                    "{}\n",
+                    serde_json::to_string_pretty(&r).map_err(|e| e.to_string())?
+                )),
+                "json-line" => out(&format!(
+                    "{}\n",
+                    serde_json::to_string(&r).map_err(|e| e.to_string())?
+                )),
+                f => return Err(format!("--format={f:?}: want json or json-line")),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
     }
+}
+
+/// Go's `tailscale netcheck` text.
+fn netcheck_text(r: &ipn::localapi::NetcheckReport) -> String {
+    let yes_no = |b: bool, addr: &str| {
+        if b {
+            format!("yes, {addr}")
+        } else {
+            "no".to_string()
+        }
+    };
+    let name = |id: &str| {
+        r.derp_regions
+            .get(id)
+            .map(|(code, name)| (code.clone(), name.clone()))
+            .unwrap_or_else(|| (id.to_string(), String::new()))
+    };
+    let mut s = String::from("\nReport:\n");
+    s.push_str(&format!("\t* UDP: {}\n", r.udp));
+    s.push_str(&format!("\t* IPv4: {}\n", yes_no(r.ipv4, &r.global_v4)));
+    s.push_str(&format!("\t* IPv6: {}\n", yes_no(r.ipv6, &r.global_v6)));
+    let mv = r
+        .mapping_varies_by_dest_ip
+        .map(|b| b.to_string())
+        .unwrap_or_default();
+    s.push_str(&format!("\t* MappingVariesByDestIP: {mv}\n"));
+    let home = name(&r.preferred_derp.to_string()).1;
+    s.push_str(&format!("\t* Nearest DERP: {home}\n"));
+    s.push_str("\t* DERP latency:\n");
+    let mut lat: Vec<(&String, &u64)> = r.region_latency.iter().collect();
+    lat.sort_by_key(|(_, ns)| **ns);
+    for (id, ns) in lat {
+        let (code, name) = name(id);
+        let ms = *ns as f64 / 1e6;
+        s.push_str(&format!("\t\t- {code}: {ms:.1}ms ({name})\n"));
+    }
+    s
 }
 
 /// `tailscale ping`: disco pings until a direct path answers (or `--c` pings), printing each

@@ -665,6 +665,46 @@ impl Backend for LocalBackend {
         Ok(())
     }
 
+    fn netcheck(&self) -> Result<crate::localapi::NetcheckReport, BackendError> {
+        let st = self
+            .dataplane
+            .as_ref()
+            .and_then(|d| d.status())
+            .ok_or_else(|| BackendError::Unavailable("the data plane is starting".into()))?;
+        let r = st.netcheck.ok_or_else(|| {
+            BackendError::Unavailable(
+                "no netcheck report yet (no DERP map, or still measuring)".into(),
+            )
+        })?;
+        let ns = |m: &std::collections::BTreeMap<i32, std::time::Duration>| {
+            m.iter()
+                .map(|(k, v)| {
+                    (
+                        k.to_string(),
+                        u64::try_from(v.as_nanos()).unwrap_or(u64::MAX),
+                    )
+                })
+                .collect()
+        };
+        Ok(crate::localapi::NetcheckReport {
+            udp: r.udp(),
+            ipv4: r.udp_v4,
+            ipv6: r.udp_v6,
+            mapping_varies_by_dest_ip: r.mapping_varies_by_dest_ip,
+            preferred_derp: st.local.preferred_derp,
+            region_latency: ns(&r.region_latency),
+            region_v4_latency: ns(&r.region_v4_latency),
+            region_v6_latency: ns(&r.region_v6_latency),
+            global_v4: r.global_v4.map(|a| a.to_string()).unwrap_or_default(),
+            global_v6: r.global_v6.map(|a| a.to_string()).unwrap_or_default(),
+            derp_regions: st
+                .regions
+                .iter()
+                .map(|(id, code, name)| (id.to_string(), (code.clone(), name.clone())))
+                .collect(),
+        })
+    }
+
     fn ping(&self, ip: IpAddr, kind: &str) -> crate::localapi::server::PingFuture {
         use crate::localapi::PingResult;
         let fail = |e: BackendError| -> crate::localapi::server::PingFuture {

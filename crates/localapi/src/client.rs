@@ -1,7 +1,7 @@
 //! The LocalAPI client the `tailscale` CLI uses.
 
 use crate::http::{self, BodyReader, HttpError};
-use crate::types::{MaskedPrefs, Notify, Options, PingResult, Prefs, Status};
+use crate::types::{MaskedPrefs, NetcheckReport, Notify, Options, PingResult, Prefs, Status};
 use std::path::{Path, PathBuf};
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
@@ -133,6 +133,13 @@ impl Client {
         let ep = format!("ping?ip={ip}&type={kind}");
         Ok(serde_json::from_slice(
             &self.call("POST", &ep, None).await?,
+        )?)
+    }
+
+    /// `GET netcheck`: the daemon's last netcheck report.
+    pub async fn netcheck(&self) -> Result<NetcheckReport, ClientError> {
+        Ok(serde_json::from_slice(
+            &self.call("GET", "netcheck", None).await?,
         )?)
     }
 

@@ -24,8 +24,8 @@ pub mod types;
 pub use client::{Client, ClientError, Watcher};
 pub use server::{Access, Backend, BackendError, Server, ServerError};
 pub use types::{
-    BackendState, IpPrefix, MaskedPrefs, Notify, Options, PeerStatus, PingResult, Prefs, Status,
-    TailnetStatus, UserProfile,
+    BackendState, IpPrefix, MaskedPrefs, NetcheckReport, Notify, Options, PeerStatus, PingResult,
+    Prefs, Status, TailnetStatus, UserProfile,
 };
 
 /// Where tailscaled listens by default on Linux.

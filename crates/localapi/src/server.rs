@@ -2,7 +2,7 @@
 //! [`Backend`].
 
 use crate::http::{self, HttpError, Request};
-use crate::types::{MaskedPrefs, Notify, Options, PingResult, Prefs, Status};
+use crate::types::{MaskedPrefs, NetcheckReport, Notify, Options, PingResult, Prefs, Status};
 use std::future::Future;
 use std::net::IpAddr;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
@@ -66,6 +66,10 @@ pub trait Backend: Send + Sync + 'static {
     /// Subscribes to the bus: the messages to send first (chosen by `mask`, see
     /// [`crate::types::watch`]) and a receiver for the ones that follow.
     fn watch(&self, mask: u64) -> (Vec<Notify>, broadcast::Receiver<Notify>);
+    /// The last netcheck report (`GET netcheck`).
+    fn netcheck(&self) -> Result<NetcheckReport, BackendError> {
+        Err(BackendError::Unavailable("no data plane".into()))
+    }
     /// Pings a peer's address (`POST ping?ip=…&type=disco`). The future runs after the call
     /// returns and may take seconds; a backend without a data plane answers an error.
     fn ping(&self, ip: IpAddr, kind: &str) -> PingFuture {
@@ -280,7 +284,7 @@ fn route(req: &Request, access: Access, backend: &dyn Backend) -> Reply {
         return error_reply(404, &format!("not found: {:?}", req.path));
     };
     let (methods, write): (&[&str], bool) = match endpoint {
-        "status" | "watch-ipn-bus" => (&["GET"], false),
+        "status" | "watch-ipn-bus" | "netcheck" => (&["GET"], false),
         "prefs" => (&["GET", "PATCH"], req.method == "PATCH"),
         "start" | "login-interactive" | "logout" | "ping" => (&["POST"], true),
         _ => {
@@ -319,6 +323,10 @@ fn route(req: &Request, access: Access, backend: &dyn Backend) -> Reply {
         }
         ("login-interactive", _) => backend_reply(backend.login_interactive()),
         ("logout", _) => backend_reply(backend.logout()),
+        ("netcheck", _) => match backend.netcheck() {
+            Ok(r) => json_reply(&r),
+            Err(e) => error_reply(e.status(), &e.to_string()),
+        },
         ("ping", _) => {
             let Some(ip) = req.query_param("ip").and_then(|s| s.parse::<IpAddr>().ok()) else {
                 return error_reply(400, "ping: want ip=<address>");

@@ -845,3 +845,44 @@ fn is_zero_f64(v: &f64) -> bool {
 fn is_zero_i32(v: &i32) -> bool {
     *v == 0
 }
+
+/// The last netcheck report (`GET netcheck`), with the field names of Go's `netcheck.Report`
+/// (latencies in nanoseconds, keyed by region ID) and, tailrouter's own addition, the DERP
+/// map's region codes and names so the CLI can print them.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct NetcheckReport {
+    /// Any STUN round trip completed.
+    #[serde(rename = "UDP")]
+    pub udp: bool,
+    /// An IPv4 STUN round trip completed.
+    #[serde(rename = "IPv4")]
+    pub ipv4: bool,
+    /// An IPv6 STUN round trip completed.
+    #[serde(rename = "IPv6")]
+    pub ipv6: bool,
+    /// Different STUN servers saw different IPv4 ports; `None` when not known.
+    #[serde(rename = "MappingVariesByDestIP")]
+    pub mapping_varies_by_dest_ip: Option<bool>,
+    /// The home DERP region.
+    #[serde(rename = "PreferredDERP")]
+    pub preferred_derp: i32,
+    /// Region ID to latency (ns).
+    #[serde(rename = "RegionLatency")]
+    pub region_latency: std::collections::BTreeMap<String, u64>,
+    /// Region ID to IPv4 latency (ns).
+    #[serde(rename = "RegionV4Latency")]
+    pub region_v4_latency: std::collections::BTreeMap<String, u64>,
+    /// Region ID to IPv6 latency (ns).
+    #[serde(rename = "RegionV6Latency")]
+    pub region_v6_latency: std::collections::BTreeMap<String, u64>,
+    /// Our IPv4 ip:port as STUN saw it; empty when unknown.
+    #[serde(rename = "GlobalV4")]
+    pub global_v4: String,
+    /// Our IPv6 [ip]:port as STUN saw it; empty when unknown.
+    #[serde(rename = "GlobalV6")]
+    pub global_v6: String,
+    /// Region ID to `[code, name]` (tailrouter's addition).
+    #[serde(rename = "DERPRegions")]
+    pub derp_regions: std::collections::BTreeMap<String, (String, String)>,
+}

@@ -21,6 +21,7 @@ use crate::derp::dial::{DialOptions, connect_region};
 use crate::derp::{Config as DerpConfig, Event as DerpEvent};
 use crate::disco;
 use crate::magicsock::{self, Magicsock, Path, PeerInfo};
+use crate::netcheck::{self, History, Netcheck, PreviousHome};
 use crate::wireguard::{self, Decapsulated, EngineConfig, PeerConfig, Peers};
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -179,6 +180,10 @@ pub struct Status {
     pub counters: Counters,
     /// Disco counters.
     pub disco: magicsock::Stats,
+    /// The last complete netcheck report.
+    pub netcheck: Option<netcheck::Report>,
+    /// The DERP map's regions: ID, code, name.
+    pub regions: Vec<(i32, String, String)>,
 }
 
 /// The answer to a disco ping.
@@ -311,6 +316,11 @@ pub async fn spawn<D: Device, H: Hooks>(
         out: vec![0u8; wireguard::BUFFER_LEN],
         next_endpoint_scan: Instant::now(),
         next_disco_tick: Instant::now(),
+        netcheck: None,
+        next_netcheck: Instant::now(),
+        history: History::new(),
+        last_report: None,
+        stun_endpoints: Vec::new(),
     };
     engine.apply(config);
     let task = tokio::spawn(engine.run(cmd_rx, derp_rx));
@@ -328,6 +338,9 @@ const DERP_QUEUE: usize = 1024;
 const DERP_SEND_QUEUE: usize = 512;
 /// Local interface addresses are read again this often (they change when links do).
 const ENDPOINT_SCAN_INTERVAL: Duration = Duration::from_secs(30);
+/// How often netcheck runs again (Go re-STUNs every 20 to 26 s while active, and runs a full
+/// report every 5 min; one small report every 30 s does both jobs here).
+const NETCHECK_INTERVAL: Duration = Duration::from_secs(30);
 /// How often magicsock's timers (heartbeats, discovery, expiry) run.
 const DISCO_TICK: Duration = Duration::from_millis(500);
 /// Reconnect delays of a DERP connection.
@@ -418,6 +431,13 @@ struct Engine<D, H> {
     out: Vec<u8>,
     next_endpoint_scan: Instant,
     next_disco_tick: Instant,
+    /// The netcheck in progress, if any.
+    netcheck: Option<Netcheck>,
+    next_netcheck: Instant,
+    history: History,
+    last_report: Option<netcheck::Report>,
+    /// Our addresses as STUN servers saw them.
+    stun_endpoints: Vec<SocketAddr>,
 }
 
 enum Wake<H> {
@@ -451,6 +471,10 @@ impl<D: Device, H: Hooks> Engine<D, H> {
                 self.peers.poll_timeout(),
                 Some(self.next_disco_tick),
                 Some(self.next_endpoint_scan),
+                match &self.netcheck {
+                    Some(n) => n.poll_timeout(),
+                    None => self.derp_map.as_ref().map(|_| self.next_netcheck),
+                },
             ]
             .into_iter()
             .flatten()
@@ -567,8 +591,14 @@ impl<D: Device, H: Hooks> Engine<D, H> {
             let map = self.derp_map.clone();
             self.derps
                 .retain(|r, _| map.as_ref().is_some_and(|m| m.region(*r).is_some()));
-            let home = self.derp_map.as_deref().map(default_home).unwrap_or(0);
-            self.set_home(home);
+            // Until netcheck has measured, the deterministic default; a measurement follows
+            // at once.
+            if self.home == 0 || map.as_ref().is_none_or(|m| m.region(self.home).is_none()) {
+                let home = self.derp_map.as_deref().map(default_home).unwrap_or(0);
+                self.set_home(home);
+            }
+            self.netcheck = None;
+            self.next_netcheck = Instant::now();
         }
     }
 
@@ -600,6 +630,14 @@ impl<D: Device, H: Hooks> Engine<D, H> {
             .collect();
         endpoints.sort();
         endpoints.dedup();
+        // Go's order: STUN-learned before local ones.
+        let stun: Vec<(SocketAddr, EndpointKind)> = self
+            .stun_endpoints
+            .iter()
+            .filter(|a| !endpoints.iter().any(|(e, _)| e == *a))
+            .map(|a| (*a, EndpointKind::Stun))
+            .collect();
+        endpoints.splice(0..0, stun);
         self.ms
             .set_my_endpoints(endpoints.iter().map(|(a, _)| *a).collect());
         let info = LocalInfo {
@@ -716,7 +754,13 @@ impl<D: Device, H: Hooks> Engine<D, H> {
         let now = Instant::now();
         match disco::classify(data) {
             disco::PacketKind::Stun => {
-                tracing::trace!("STUN from {src} (netcheck not wired)");
+                let ours = self
+                    .netcheck
+                    .as_mut()
+                    .is_some_and(|n| n.handle_stun(src, data, now));
+                if !ours {
+                    tracing::trace!("stray STUN from {src}");
+                }
             }
             disco::PacketKind::Disco { geneve: false } => {
                 self.ms.handle_udp(src, data, now);
@@ -790,6 +834,7 @@ impl<D: Device, H: Hooks> Engine<D, H> {
         for (peer, d) in emitted {
             self.route(peer, &d).await;
         }
+        self.drive_netcheck(now).await;
         // Disco timers walk every peer: on a fixed tick, not per packet.
         if now >= self.next_disco_tick {
             self.next_disco_tick = now + DISCO_TICK;
@@ -806,6 +851,58 @@ impl<D: Device, H: Hooks> Engine<D, H> {
                 .collect();
             self.derps.retain(|r, _| used.contains(r));
         }
+    }
+
+    /// Starts a netcheck when one is due, sends its probes from our own sockets (so the
+    /// mapped addresses are the ones peers must use), and on completion takes the home region
+    /// and our STUN endpoints from it.
+    async fn drive_netcheck(&mut self, now: Instant) {
+        if self.netcheck.is_none() && now >= self.next_netcheck {
+            let Some(map) = self.derp_map.clone() else {
+                return;
+            };
+            self.netcheck = Some(Netcheck::new(&map, now));
+        }
+        let Some(mut nc) = self.netcheck.take() else {
+            return;
+        };
+        nc.handle_timeout(now);
+        while let Some(p) = nc.poll_transmit(now) {
+            self.udp_send(p.dst, &p.payload).await;
+        }
+        if !nc.is_done() {
+            self.netcheck = Some(nc);
+            return;
+        }
+        self.next_netcheck = now + NETCHECK_INTERVAL;
+        let report = nc.report();
+        let Some(map) = self.derp_map.clone() else {
+            return;
+        };
+        let home_alive = self
+            .derps
+            .get(&self.home)
+            .is_some_and(|c| *c.connected.borrow());
+        let previous = (self.home != 0)
+            .then(|| PreviousHome::new(self.home, home_alive.then_some(now), nc.started(), now));
+        let home = self.history.update(now, &report, &map, previous);
+        tracing::debug!(
+            "netcheck: udp {} v4 {:?} v6 {:?}, {} regions measured, home {home}",
+            report.udp(),
+            report.global_v4,
+            report.global_v6,
+            report.region_latency.len()
+        );
+        self.stun_endpoints = report
+            .global_v4
+            .into_iter()
+            .chain(report.global_v6)
+            .collect();
+        self.last_report = Some(report);
+        if home != 0 {
+            self.set_home(home);
+        }
+        self.publish_local();
     }
 
     fn peers_regions(&self) -> Vec<i32> {
@@ -893,6 +990,18 @@ impl<D: Device, H: Hooks> Engine<D, H> {
                 .collect(),
             counters: self.counters,
             disco: self.ms.stats(),
+            netcheck: self.last_report.clone(),
+            regions: self
+                .derp_map
+                .as_deref()
+                .and_then(|m| m.regions.as_ref())
+                .into_iter()
+                .flatten()
+                .filter_map(|(id, r)| {
+                    r.as_ref()
+                        .map(|r| (*id, r.region_code.clone(), r.region_name.clone()))
+                })
+                .collect(),
         }
     }
 }

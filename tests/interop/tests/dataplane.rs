@@ -136,6 +136,40 @@ fn direct_path_icmp_tcp_udp_both_ways() {
         text.contains(&format!("active; direct {go_under}")),
         "{text}"
     );
+    // netcheck: STUN through the rig's DERP region saw our underlay address, and the region
+    // is home.
+    let nc = wait_for("a netcheck report", LIMIT, || {
+        tr.tailscale(&["netcheck"])
+            .ok()
+            .filter(|t| t.contains("DERP latency"))
+    })
+    .unwrap();
+    eprintln!("{nc}");
+    assert!(nc.contains("\t* UDP: true"), "{nc}");
+    assert!(nc.contains(&format!("\t* IPv4: yes, {tr_under}")), "{nc}");
+    assert!(nc.contains("\t* Nearest DERP: tailrouter rig"), "{nc}");
+    assert!(nc.contains("\t\t- rig: "), "{nc}");
+    let js: Value =
+        serde_json::from_str(&tr.tailscale(&["netcheck", "--format=json"]).unwrap()).unwrap();
+    assert_eq!(js["PreferredDERP"], 999, "{js}");
+    assert_eq!(js["GlobalV4"], tr_under.as_str(), "{js}");
+    // The Go node got our endpoints from control (its netmap lists them for us).
+    let nm: Value = serde_json::from_str(&go.tailscale(&["debug", "netmap"]).unwrap()).unwrap();
+    let me = nm["Peers"]
+        .as_array()
+        .and_then(|ps| {
+            ps.iter()
+                .find(|p| p["Name"].as_str().is_some_and(|n| n.starts_with("tr.")))
+        })
+        .cloned()
+        .unwrap_or(Value::Null);
+    assert!(
+        me["Endpoints"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|x| x == tr_under.as_str())),
+        "our endpoints in Go's netmap: {}",
+        me["Endpoints"]
+    );
     // `tailscale ping` (disco) answers over the direct path and stops there.
     let pong = tr.tailscale(&["ping", "go"]).unwrap();
     assert!(
