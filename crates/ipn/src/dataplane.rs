@@ -17,6 +17,7 @@ use tailcfg::IpPrefix;
 use tailcfg::key::{DiscoPrivate, NodePrivate, NodePublic};
 use tokio::sync::watch;
 use tstun_wrap::filter::{Filter, FlowConfig, Rules};
+use tstun_wrap::hooks::{self, Chain};
 use tstun_wrap::tun::{Tun, TunConfig};
 use wg_engine::engine::{self, Device, Hooks, LocalInfo, Outbound, PeerSpec};
 
@@ -63,22 +64,22 @@ impl Device for TunDevice {
     }
 }
 
-/// The engine's hooks: Tailscale's packet filter, both ways.
+/// The engine's hooks: `tstun-wrap`'s chain (service-address intercept, packet filter).
 pub struct FilterHooks {
-    filter: Filter,
+    chain: Chain,
 }
 
 impl Hooks for FilterHooks {
     fn outbound(&mut self, packet: &[u8], now: Instant) -> Outbound {
-        if self.filter.record_outbound(packet, now).is_accept() {
-            Outbound::Send
-        } else {
-            Outbound::Drop
+        match self.chain.outbound(packet, now) {
+            hooks::Outbound::Send => Outbound::Send,
+            hooks::Outbound::Drop => Outbound::Drop,
+            hooks::Outbound::Intercepted => Outbound::Consumed,
         }
     }
 
     fn inbound(&mut self, _peer: &NodePublic, packet: &[u8], now: Instant) -> bool {
-        self.filter.check_inbound(packet, now).is_accept()
+        self.chain.inbound(packet, now)
     }
 }
 
@@ -147,7 +148,7 @@ impl DataPlane {
              configure them on the host"
         );
         let hooks = FilterHooks {
-            filter: Filter::new(Rules::allow_none(), FlowConfig::go()),
+            chain: Chain::new(Filter::new(Rules::allow_none(), FlowConfig::go())),
         };
         let eopts = engine::Options {
             port: opts.port,
@@ -261,7 +262,7 @@ impl DataPlane {
             tracing::debug!("packet filter: {} rules", rules.rule_count());
             let _ = self
                 .engine
-                .with_hooks(move |h| h.filter.set_rules(rules))
+                .with_hooks(move |h| h.chain.set_rules(rules))
                 .await;
             applied.rules_key = rules_key;
         }

@@ -6,11 +6,16 @@
 //! directions with connection tracking, and injection of packets the node itself generates.
 //! No feature combination may make a hook panic.
 //!
-//! Status (issue 4): [`tun`], the kernel TUN device with non-blocking tokio I/O and batched
-//! reads and writes. The hooks are to come.
+//! - [`tun`]: the kernel TUN device with non-blocking tokio I/O and batched reads and writes.
+//! - [`hooks`]: the chain every packet meets: the service-address intercept (netstack tag),
+//!   the packet filter out and in.
+//! - [`tsmp`]: TSMP (IP protocol 99), Tailscale's in-tunnel messages, sans-IO: parse pings,
+//!   pongs, rejects and disco key adverts, build them byte for byte as Go does, answer pings.
 //!
 //! The packet filter ([`filter`]) is Tailscale's, sans-IO: rules compiled from the netmap, a
 //! bounded flow table driven by the caller's clock, and a zero-copy packet summary parser.
 
 pub mod filter;
+pub mod hooks;
+pub mod tsmp;
 pub mod tun;

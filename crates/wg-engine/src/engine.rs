@@ -59,6 +59,11 @@ pub trait Hooks: Send + 'static {
     fn outbound(&mut self, packet: &[u8], now: Instant) -> Outbound;
     /// A packet decrypted from `peer`, before it is written to the device; `false` drops it.
     fn inbound(&mut self, peer: &NodePublic, packet: &[u8], now: Instant) -> bool;
+    /// A packet the hooks made in answer to one they saw (a TSMP pong), to send to a peer
+    /// as if read from the device. Polled after each inbound packet.
+    fn poll_reply(&mut self) -> Option<Vec<u8>> {
+        None
+    }
 }
 
 /// One peer of the configuration.
@@ -205,6 +210,7 @@ enum Command<H> {
     Ping(NodePublic, oneshot::Sender<Option<PingResult>>),
     Hooks(HookFn<H>),
     Inject(Vec<u8>),
+    InjectInbound(Vec<u8>),
 }
 
 /// The running engine. Dropping it stops it.
@@ -266,6 +272,12 @@ impl<H: Hooks> Handle<H> {
     /// Sends a packet the node made itself (netstack replies) as if read from the device.
     pub async fn inject(&self, packet: Vec<u8>) -> Result<(), Stopped> {
         self.command(Command::Inject(packet)).await
+    }
+
+    /// Writes a packet the node made itself (netstack answers to this host) to the device,
+    /// as if it had come from a peer, without the hooks.
+    pub async fn inject_inbound(&self, packet: Vec<u8>) -> Result<(), Stopped> {
+        self.command(Command::InjectInbound(packet)).await
     }
 
     /// Watches our endpoints and home region.
@@ -550,6 +562,10 @@ impl<D: Device, H: Hooks> Engine<D, H> {
             },
             Command::Hooks(f) => f(&mut self.hooks),
             Command::Inject(p) => self.send_to_peer(&p).await,
+            Command::InjectInbound(p) => match self.device.send(&p).await {
+                Ok(_) => self.counters.tun_tx += 1,
+                Err(e) => tracing::debug!("TUN write of an injected packet: {e}"),
+            },
         }
     }
 
@@ -787,6 +803,7 @@ impl<D: Device, H: Hooks> Engine<D, H> {
         let mut out = std::mem::take(&mut self.out);
         let now = Instant::now();
         let mut reply_peer = None;
+        let mut answer = None;
         match self.peers.decapsulate(hint, (), data, &mut out) {
             // An empty packet is a keepalive: nothing to write.
             Ok(Decapsulated::Packet { packet: [], .. }) => {}
@@ -799,6 +816,7 @@ impl<D: Device, H: Hooks> Engine<D, H> {
                 } else {
                     self.counters.inbound_filtered += 1;
                 }
+                answer = self.hooks.poll_reply();
             }
             Ok(Decapsulated::Transmit(t)) => {
                 // Answer the way it came (WireGuard roaming).
@@ -821,6 +839,9 @@ impl<D: Device, H: Hooks> Engine<D, H> {
             }
         }
         self.out = out;
+        if let Some(a) = answer {
+            self.send_to_peer(&a).await;
+        }
     }
 
     async fn timers(&mut self) {
@@ -1158,6 +1179,203 @@ fn parse_if_inet6(text: &str) -> Vec<Ipv6Addr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::sync::Mutex as AsyncMutex;
+
+    /// A device made of two queues: what the test "writes to the TUN" and what the engine
+    /// wrote to it.
+    struct MemDevice {
+        from_os: AsyncMutex<mpsc::Receiver<Vec<u8>>>,
+        to_os: mpsc::Sender<Vec<u8>>,
+    }
+
+    impl Device for MemDevice {
+        async fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+            let p = self
+                .from_os
+                .lock()
+                .await
+                .recv()
+                .await
+                .ok_or_else(|| io::Error::other("closed"))?;
+            let n = p.len().min(buf.len());
+            buf[..n].copy_from_slice(&p[..n]);
+            Ok(n)
+        }
+        fn send(&self, packet: &[u8]) -> impl Future<Output = io::Result<usize>> + Send {
+            let p = packet.to_vec();
+            async move {
+                let n = p.len();
+                self.to_os
+                    .send(p)
+                    .await
+                    .map_err(|_| io::Error::other("closed"))?;
+                Ok(n)
+            }
+        }
+    }
+
+    struct AllowAll;
+    impl Hooks for AllowAll {
+        fn outbound(&mut self, _: &[u8], _: Instant) -> Outbound {
+            Outbound::Send
+        }
+        fn inbound(&mut self, _: &NodePublic, _: &[u8], _: Instant) -> bool {
+            true
+        }
+    }
+
+    /// A UDP/IPv4 packet from `src` to `dst` carrying `payload` (checksums zero: the engine
+    /// does not look at them).
+    fn udp4(src: [u8; 4], dst: [u8; 4], payload: &[u8]) -> Vec<u8> {
+        let total = 28 + payload.len();
+        let mut p = vec![
+            0x45,
+            0,
+            (total >> 8) as u8,
+            total as u8,
+            0,
+            0,
+            0,
+            0,
+            64,
+            17,
+            0,
+            0,
+        ];
+        p.extend_from_slice(&src);
+        p.extend_from_slice(&dst);
+        p.extend_from_slice(&[0x13, 0x88, 0x13, 0x89]);
+        p.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+        p.extend_from_slice(&[0, 0]);
+        p.extend_from_slice(payload);
+        p
+    }
+
+    struct Node {
+        handle: Handle<AllowAll>,
+        from_os: mpsc::Sender<Vec<u8>>,
+        to_os: mpsc::Receiver<Vec<u8>>,
+    }
+
+    async fn node(key: &NodePrivate, disco: &DiscoPrivate) -> Node {
+        let (a_tx, a_rx) = mpsc::channel(64);
+        let (b_tx, b_rx) = mpsc::channel(64);
+        let dev = MemDevice {
+            from_os: AsyncMutex::new(a_rx),
+            to_os: b_tx,
+        };
+        let opts = Options {
+            port: 0,
+            disco: disco.clone(),
+            derp: DialOptions::default(),
+            socket_mark: 0,
+        };
+        let cfg = Config {
+            private_key: key.clone(),
+            peers: vec![],
+            derp_map: None,
+        };
+        let handle = spawn(opts, cfg, dev, AllowAll).await.unwrap();
+        Node {
+            handle,
+            from_os: a_tx,
+            to_os: b_rx,
+        }
+    }
+
+    /// Two engines on loopback find the direct path by disco and carry a packet each way;
+    /// injection writes to the device and skips the peers.
+    #[tokio::test]
+    async fn two_engines_on_loopback_talk_and_inject() {
+        let (ka, kb) = (NodePrivate::generate(), NodePrivate::generate());
+        let (da, db) = (DiscoPrivate::generate(), DiscoPrivate::generate());
+        let mut a = node(&ka, &da).await;
+        let mut b = node(&kb, &db).await;
+        let ip_a: IpPrefix = "100.64.0.1/32".parse().unwrap();
+        let ip_b: IpPrefix = "100.64.0.2/32".parse().unwrap();
+        let spec = |k: &NodePrivate, d: &DiscoPrivate, port: u16, ip: IpPrefix| PeerSpec {
+            key: k.public(),
+            disco: Some(d.public()),
+            endpoints: vec![SocketAddr::from(([127, 0, 0, 1], port))],
+            home_derp: 0,
+            allowed_ips: vec![ip],
+        };
+        let cfg = |me: &NodePrivate, peer: PeerSpec| Config {
+            private_key: me.clone(),
+            peers: vec![peer],
+            derp_map: None,
+        };
+        a.handle
+            .set_config(cfg(&ka, spec(&kb, &db, b.handle.port(), ip_b)))
+            .await
+            .unwrap();
+        b.handle
+            .set_config(cfg(&kb, spec(&ka, &da, a.handle.port(), ip_a)))
+            .await
+            .unwrap();
+        let to_b = udp4([100, 64, 0, 1], [100, 64, 0, 2], b"hello b");
+        let got = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                a.from_os.send(to_b.clone()).await.unwrap();
+                if let Ok(Some(p)) =
+                    tokio::time::timeout(Duration::from_millis(200), b.to_os.recv()).await
+                {
+                    return p;
+                }
+            }
+        })
+        .await
+        .expect("the packet never reached b");
+        assert_eq!(got, to_b);
+        let to_a = udp4([100, 64, 0, 2], [100, 64, 0, 1], b"hello a");
+        b.from_os.send(to_a.clone()).await.unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(5), a.to_os.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got, to_a);
+        let st = a.handle.status().await.unwrap();
+        let p = &st.peers[0];
+        assert_eq!(
+            p.direct,
+            Some(SocketAddr::from(([127, 0, 0, 1], b.handle.port())))
+        );
+        assert!(p.last_handshake.is_some() && p.rx_bytes > 0 && p.tx_bytes > 0);
+        // A disco ping is answered over the direct path.
+        let pong = a.handle.ping(kb.public()).await.unwrap().unwrap();
+        assert_eq!(
+            pong.path,
+            Path::Udp(SocketAddr::from(([127, 0, 0, 1], b.handle.port())))
+        );
+        // Injection to the device goes to the device only.
+        let inj = udp4([100, 100, 100, 100], [100, 64, 0, 1], b"answer");
+        a.handle.inject_inbound(inj.clone()).await.unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(5), a.to_os.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got, inj);
+        // Injection towards a peer is routed by AllowedIPs like a packet from the device.
+        let inj = udp4([100, 64, 0, 1], [100, 64, 0, 2], b"injected");
+        a.handle.inject(inj.clone()).await.unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(5), b.to_os.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got, inj);
+        // Garbage to the UDP port is counted, not fatal.
+        let junk = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        for n in [0usize, 1, 4, 16, 32, 148, 1500] {
+            let mut d = vec![0xa5u8; n];
+            if n >= 4 {
+                d[..4].copy_from_slice(&4u32.to_le_bytes());
+            }
+            junk.send_to(&d, ("127.0.0.1", a.handle.port())).unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let st = a.handle.status().await.unwrap();
+        assert!(st.counters.wireguard_rejected >= 5, "{:?}", st.counters);
+    }
 
     #[test]
     fn fib_trie_locals() {

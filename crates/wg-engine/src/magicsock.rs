@@ -429,8 +429,17 @@ impl Magicsock {
             });
         }
         let region = st.derp_region();
+        // With no relay to fall back on, a candidate that has not answered yet beats
+        // dropping the packet (Go does the same when it has no DERP address).
+        let udp = st.best.map(|b| b.0).or_else(|| {
+            if region == 0 {
+                st.candidates.first().map(|c| c.0)
+            } else {
+                None
+            }
+        });
         let paths = SendPaths {
-            udp: st.best.map(|b| b.0),
+            udp,
             derp: (region != 0).then_some(region),
         };
         self.discover(*peer, now);

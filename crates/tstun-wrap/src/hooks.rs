@@ -1,0 +1,209 @@
+//! The hook chain: what every packet meets between the TUN device and the WireGuard engine.
+//!
+//! Outbound (read from the TUN device, bound for peers), in order:
+//!
+//! 1. **Service addresses** (`100.100.100.100`, `fd7a:115c:a1e0::53`): in builds with the
+//!    `netstack` tag the packet goes to the intercept (the userspace stack that answers
+//!    MagicDNS) and nowhere else; without the tag there is nothing to answer it and no peer
+//!    may receive it, so it is dropped here. Either way it never reaches a peer.
+//! 2. **The packet filter** ([`crate::filter::Filter::record_outbound`]): Go's outbound checks,
+//!    and the flow record that lets replies back in.
+//!
+//! Inbound (decrypted from a peer, bound for the TUN device): the packet filter
+//! ([`crate::filter::Filter::check_inbound`]), deny by default.
+//!
+//! Injection is the engine's: packets the node makes itself are handed to it as outbound (to
+//! a peer) or inbound (to the TUN device) and skip the chain, which is why a build without
+//! `netstack` injects exactly as one with it. The chain is plain data driven by the caller's
+//! clock; it allocates nothing per packet and cannot panic on any input.
+
+use crate::filter::{Filter, Rules};
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::time::Instant;
+
+/// Quad-100, Tailscale's IPv4 service address.
+pub const SERVICE_V4: Ipv4Addr = Ipv4Addr::new(100, 100, 100, 100);
+/// Tailscale's IPv6 service address.
+pub const SERVICE_V6: Ipv6Addr = Ipv6Addr::new(0xfd7a, 0x115c, 0xa1e0, 0, 0, 0, 0, 0x53);
+
+/// What to do with an outbound packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outbound {
+    /// Encrypt and send it to its peer.
+    Send,
+    /// Drop it.
+    Drop,
+    /// The intercept took it.
+    Intercepted,
+}
+
+/// Counters of the chain.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ChainStats {
+    /// Packets to the service addresses handed to the intercept.
+    pub intercepted: u64,
+    /// Packets to the service addresses dropped (no intercept in this build or none set).
+    pub service_dropped: u64,
+}
+
+/// Where intercepted packets go (the netstack's input).
+#[cfg(feature = "netstack")]
+pub type Intercept = Box<dyn FnMut(&[u8]) + Send>;
+
+/// The hook chain.
+pub struct Chain {
+    filter: Filter,
+    #[cfg(feature = "netstack")]
+    intercept: Option<Intercept>,
+    stats: ChainStats,
+}
+
+impl std::fmt::Debug for Chain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Chain")
+            .field("rules", &self.filter.rules().rule_count())
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whether `packet` is addressed to one of the service addresses.
+pub fn is_service_packet(packet: &[u8]) -> bool {
+    match packet.first().map(|b| b >> 4) {
+        Some(4) => packet.get(16..20).is_some_and(|d| d == SERVICE_V4.octets()),
+        Some(6) => packet.get(24..40).is_some_and(|d| d == SERVICE_V6.octets()),
+        _ => false,
+    }
+}
+
+impl Chain {
+    /// A chain around `filter`, with no intercept.
+    pub fn new(filter: Filter) -> Self {
+        Chain {
+            filter,
+            #[cfg(feature = "netstack")]
+            intercept: None,
+            stats: ChainStats::default(),
+        }
+    }
+
+    /// Replaces the filter's rules (flows survive).
+    pub fn set_rules(&mut self, rules: Rules) {
+        self.filter.set_rules(rules);
+    }
+
+    /// The filter, for its counters.
+    pub fn filter(&self) -> &Filter {
+        &self.filter
+    }
+
+    /// The chain's own counters.
+    pub fn stats(&self) -> ChainStats {
+        self.stats
+    }
+
+    /// Sets where service-address packets go.
+    #[cfg(feature = "netstack")]
+    pub fn set_intercept(&mut self, f: Intercept) {
+        self.intercept = Some(f);
+    }
+
+    /// An outbound packet, read from the TUN device.
+    pub fn outbound(&mut self, packet: &[u8], now: Instant) -> Outbound {
+        if is_service_packet(packet) {
+            #[cfg(feature = "netstack")]
+            if let Some(f) = self.intercept.as_mut() {
+                f(packet);
+                self.stats.intercepted += 1;
+                return Outbound::Intercepted;
+            }
+            self.stats.service_dropped += 1;
+            return Outbound::Drop;
+        }
+        if self.filter.record_outbound(packet, now).is_accept() {
+            Outbound::Send
+        } else {
+            Outbound::Drop
+        }
+    }
+
+    /// An inbound packet, decrypted from a peer: whether it may be written to the TUN device.
+    pub fn inbound(&mut self, packet: &[u8], now: Instant) -> bool {
+        self.filter.check_inbound(packet, now).is_accept()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::filter::FlowConfig;
+
+    fn v4(dst: [u8; 4]) -> Vec<u8> {
+        // A minimal UDP/IPv4 packet from 100.64.0.1:5000 to dst:53.
+        let mut p = vec![
+            0x45, 0, 0, 28, 0, 0, 0, 0, 64, 17, 0, 0, 100, 64, 0, 1, dst[0], dst[1], dst[2],
+            dst[3], 0x13, 0x88, 0, 53, 0, 8, 0, 0,
+        ];
+        p.truncate(28);
+        p
+    }
+
+    fn v6_to(dst: Ipv6Addr) -> Vec<u8> {
+        let mut p = vec![0u8; 48];
+        p[0] = 0x60;
+        p[5] = 8;
+        p[6] = 17;
+        p[7] = 64;
+        p[8..24].copy_from_slice(&"fd7a:115c:a1e0::1".parse::<Ipv6Addr>().unwrap().octets());
+        p[24..40].copy_from_slice(&dst.octets());
+        p[40..42].copy_from_slice(&5000u16.to_be_bytes());
+        p[42..44].copy_from_slice(&53u16.to_be_bytes());
+        p[44..46].copy_from_slice(&8u16.to_be_bytes());
+        p
+    }
+
+    #[test]
+    fn service_packets_never_go_to_peers() {
+        let mut c = Chain::new(Filter::new(Rules::allow_none(), FlowConfig::go()));
+        let now = Instant::now();
+        for p in [v4([100, 100, 100, 100]), v6_to(SERVICE_V6)] {
+            assert!(is_service_packet(&p));
+            assert_ne!(c.outbound(&p, now), Outbound::Send);
+        }
+        // Without an intercept (or without the tag) they are dropped and counted.
+        assert_eq!(c.stats().service_dropped, 2);
+        // Other destinations pass the outbound filter.
+        let p = v4([100, 64, 0, 2]);
+        assert!(!is_service_packet(&p));
+        assert_eq!(c.outbound(&p, now), Outbound::Send);
+    }
+
+    #[cfg(feature = "netstack")]
+    #[test]
+    fn service_packets_go_to_the_intercept() {
+        use std::sync::{Arc, Mutex};
+        let got: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+        let g = Arc::clone(&got);
+        let mut c = Chain::new(Filter::new(Rules::allow_none(), FlowConfig::go()));
+        c.set_intercept(Box::new(move |p| g.lock().unwrap().push(p.to_vec())));
+        let p = v4([100, 100, 100, 100]);
+        assert_eq!(c.outbound(&p, Instant::now()), Outbound::Intercepted);
+        assert_eq!(got.lock().unwrap().as_slice(), &[p]);
+        assert_eq!(c.stats().intercepted, 1);
+    }
+
+    #[test]
+    fn junk_is_neither_service_nor_a_panic() {
+        let mut c = Chain::new(Filter::new(Rules::allow_none(), FlowConfig::go()));
+        let now = Instant::now();
+        for n in 0..64 {
+            let p = vec![0x45u8; n];
+            let _ = c.outbound(&p, now);
+            let _ = c.inbound(&p, now);
+        }
+        assert!(!is_service_packet(&[]));
+        assert!(!is_service_packet(&[0x45, 0, 0]));
+        // Inbound is denied by default.
+        assert!(!c.inbound(&v4([100, 64, 0, 1]), now));
+    }
+}
