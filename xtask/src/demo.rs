@@ -2,7 +2,9 @@
 //!
 //! Without a login server it builds tailrouter and runs a local demo tailnet in network
 //! namespaces it creates (and removes): headscale, a Go `tailscaled` v1.98.5 and tailrouter,
-//! both logged in with a pre-auth key; it prints `tailscale status` from both sides. With
+//! both logged in with a pre-auth key; it pings the Go node through the tunnel (the kernel's
+//! ping, then `tailscale ping`), prints `tailscale netcheck` and `tailscale status` from both
+//! sides. With
 //! `--login-server URL` (and usually `--auth-key KEY`) it runs tailrouter on this machine and
 //! joins that tailnet instead, prints its status, and logs out again on the way out.
 
@@ -136,6 +138,30 @@ fn local(root: &Path, o: &Opts) -> Result<String, String> {
         },
     )
     .map_err(e)?;
+    // Traffic through the tunnel: the kernel's ping from tailrouter's namespace to the Go
+    // node's tailnet address, then a disco ping that shows the path.
+    let go_ip = go.ipv4().map_err(e)?;
+    println!("\n== ping {go_ip} (the Go node), from tailrouter's namespace, through the tunnel");
+    let pinged = wait_for("the first ping answer", Duration::from_secs(30), || {
+        let out = tr
+            .host
+            .cmd("ping")
+            .args(["-c", "3", "-i", "0.3", "-W", "2", &go_ip])
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    })
+    .map_err(e)?;
+    print!("{pinged}");
+    println!("\n== tailscale ping go-peer, on tailrouter");
+    print!("{}", tr.tailscale(&["ping", "go-peer"]).map_err(e)?);
+    println!("\n== tailscale netcheck, on tailrouter");
+    match tr.tailscale(&["netcheck"]) {
+        Ok(t) => print!("{t}"),
+        Err(err) => println!("(no report yet: {err})"),
+    }
     println!(
         "\n== tailscale status, on tailrouter ({} in namespace {})",
         name, tr.host.ns

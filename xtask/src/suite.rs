@@ -266,12 +266,14 @@ pub fn run(root: &Path, args: &[String]) -> Result<(), String> {
                     "tailscale status, on tailrouter",
                     "tailscale status, on the Go node",
                     "go-peer",
+                    "3 received",
+                    "pong from go-peer",
                 ] {
                     if !text.contains(want) {
                         return Err(format!("demo output lacks {want:?}"));
                     }
                 }
-                Ok("both sides list each other".into())
+                Ok("both sides list each other and ping through the tunnel".into())
             }),
         ),
     ];
