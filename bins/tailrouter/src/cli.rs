@@ -336,9 +336,12 @@ fn netcheck_text(r: &ipn::localapi::NetcheckReport) -> String {
 /// `tailscale ping`: disco pings until a direct path answers (or `--c` pings), printing each
 /// pong the way Go does.
 async fn run_ping(c: &Client, a: PingArgs) -> Result<ExitCode, String> {
-    if a.tsmp || a.icmp {
-        return Err("only disco pings are supported so far (no --tsmp or --icmp)".into());
+    if a.icmp {
+        return Err(
+            "ICMP pings through the tunnel are not supported yet (disco and --tsmp are)".into(),
+        );
     }
+    let kind = if a.tsmp { "TSMP" } else { "disco" };
     let st = c.status().await.map_err(daemon_err)?;
     let ips = find_peer(&st, &a.peer)
         .ok_or_else(|| format!("no peer named or addressed {:?} in the tailnet", a.peer))?;
@@ -350,23 +353,27 @@ async fn run_ping(c: &Client, a: PingArgs) -> Result<ExitCode, String> {
     let mut n = 0;
     loop {
         n += 1;
-        let r = c.ping(ip, "disco").await.map_err(daemon_err)?;
+        let r = c.ping(ip, kind).await.map_err(daemon_err)?;
         if r.err == "timeout" {
             out(&format!("ping {ip:?} timed out\n"));
         } else if !r.err.is_empty() {
             return Err(r.err);
         } else {
-            let via = if r.endpoint.is_empty() {
+            let via = if !r.endpoint.is_empty() {
+                r.endpoint.clone()
+            } else if r.derp_region_id != 0 {
                 format!("DERP({})", r.derp_region_code)
             } else {
-                r.endpoint.clone()
+                // Go's CLI names the protocol when the answer says no path (TSMP).
+                kind.to_string()
             };
             let ms = r.latency_seconds * 1000.0;
             out(&format!(
                 "pong from {} ({}) via {via} in {ms:.0}ms\n",
                 r.node_name, r.node_ip
             ));
-            if a.until_direct && !r.endpoint.is_empty() {
+            // A TSMP pong says nothing of the path: one is the answer, as in Go.
+            if a.tsmp || (a.until_direct && !r.endpoint.is_empty()) {
                 return Ok(ExitCode::SUCCESS);
             }
             tokio::time::sleep(Duration::from_secs(1)).await;

@@ -710,11 +710,15 @@ impl Backend for LocalBackend {
         let fail = |e: BackendError| -> crate::localapi::server::PingFuture {
             Box::pin(async move { Err(e) })
         };
-        if kind != "disco" {
-            return fail(BackendError::BadRequest(format!(
-                "ping type {kind:?}: tailrouter answers disco pings only"
-            )));
-        }
+        let tsmp = match kind {
+            "disco" => false,
+            "TSMP" | "tsmp" => true,
+            _ => {
+                return fail(BackendError::BadRequest(format!(
+                    "ping type {kind:?}: tailrouter sends disco and TSMP pings"
+                )));
+            }
+        };
         let Some(dp) = self.dataplane.clone() else {
             return fail(BackendError::Unavailable("no data plane".into()));
         };
@@ -755,6 +759,13 @@ impl Backend for LocalBackend {
                 node_name: name,
                 ..PingResult::default()
             };
+            if tsmp {
+                match dp.tsmp_ping(ip, std::time::Duration::from_secs(5)).await {
+                    Some(d) => r.latency_seconds = d.as_secs_f64(),
+                    None => r.err = "timeout".into(),
+                }
+                return Ok(r);
+            }
             match dp.ping(key, std::time::Duration::from_secs(5)).await {
                 Some(pong) => {
                     r.latency_seconds = pong.latency.as_secs_f64();

@@ -688,7 +688,7 @@ pub fn summarize(nm: &NetworkMap) -> NetMapSummary {
     s
 }
 
-fn random_u64() -> u64 {
+pub(crate) fn random_u64() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     // RandomState is seeded from the OS once per thread and varies per instance.
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();

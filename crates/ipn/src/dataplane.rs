@@ -10,6 +10,7 @@
 //! prefs for those come with issue 6): a peer's own addresses always; its other prefixes
 //! (subnet routes, exit routes) are not routed.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -81,7 +82,14 @@ impl Hooks for FilterHooks {
     fn inbound(&mut self, _peer: &NodePublic, packet: &[u8], now: Instant) -> bool {
         self.chain.inbound(packet, now)
     }
+
+    fn poll_reply(&mut self) -> Option<Vec<u8>> {
+        self.chain.poll_reply()
+    }
 }
+
+/// Our TSMP pings waiting for their pong, by their 8 bytes of data.
+type TsmpWaiters = Arc<Mutex<HashMap<[u8; 8], tokio::sync::oneshot::Sender<Instant>>>>;
 
 type RulesKey = (
     std::collections::BTreeMap<String, Vec<tailcfg::FilterRule>>,
@@ -102,6 +110,9 @@ pub struct DataPlane {
     router: Mutex<Option<osrouter::Router>>,
     applied: tokio::sync::Mutex<Applied>,
     status: Arc<Mutex<Option<EngineStatus>>>,
+    tsmp_waiters: TsmpWaiters,
+    /// Our own addresses, from the last netmap (TSMP pings come from them).
+    self_addrs: Mutex<Vec<IpAddr>>,
     tun_name: String,
     _poller: tokio::task::JoinHandle<()>,
 }
@@ -147,9 +158,17 @@ impl DataPlane {
             "built without osrouter: {tun_name} gets no addresses or routes from tailrouter; \
              configure them on the host"
         );
-        let hooks = FilterHooks {
-            chain: Chain::new(Filter::new(Rules::allow_none(), FlowConfig::go())),
-        };
+        let mut chain = Chain::new(Filter::new(Rules::allow_none(), FlowConfig::go()));
+        let tsmp_waiters: TsmpWaiters = Arc::default();
+        let w = Arc::clone(&tsmp_waiters);
+        chain.set_pong_sink(Box::new(move |data, at| {
+            if let Ok(mut g) = w.lock()
+                && let Some(tx) = g.remove(&data)
+            {
+                let _ = tx.send(at);
+            }
+        }));
+        let hooks = FilterHooks { chain };
         let eopts = engine::Options {
             port: opts.port,
             disco: opts.disco,
@@ -188,6 +207,8 @@ impl DataPlane {
                 router: Mutex::new(Some(router)),
                 applied: tokio::sync::Mutex::new(Applied::default()),
                 status,
+                tsmp_waiters,
+                self_addrs: Mutex::new(Vec::new()),
                 tun_name,
                 _poller: poller,
             }
@@ -217,11 +238,43 @@ impl DataPlane {
         }
     }
 
+    /// A TSMP ping to `dst` (a peer's address) through the tunnel, from our address of the
+    /// same family; the round-trip time, or `None` after `limit`.
+    pub async fn tsmp_ping(&self, dst: IpAddr, limit: Duration) -> Option<Duration> {
+        let src = self
+            .self_addrs
+            .lock()
+            .ok()?
+            .iter()
+            .copied()
+            .find(|a| a.is_ipv4() == dst.is_ipv4())?;
+        let data: [u8; 8] = crate::control::random_u64().to_le_bytes();
+        let packet = tstun_wrap::tsmp::ping_request(src, dst, data).ok()?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.tsmp_waiters.lock().ok()?.insert(data, tx);
+        let sent = Instant::now();
+        let r = if self.engine.inject(packet).await.is_ok() {
+            tokio::time::timeout(limit, rx)
+                .await
+                .ok()
+                .and_then(Result::ok)
+        } else {
+            None
+        };
+        if let Ok(mut g) = self.tsmp_waiters.lock() {
+            g.remove(&data);
+        }
+        r.map(|at| at.saturating_duration_since(sent))
+    }
+
     /// Applies a network map: engine peers, filter rules, host addresses and routes.
     pub async fn apply(&self, nm: &control_client::NetworkMap, key: &NodePrivate) {
         let Some(me) = nm.self_node.as_ref() else {
             return;
         };
+        if let Ok(mut g) = self.self_addrs.lock() {
+            *g = me.addresses.iter().map(|a| a.addr()).collect();
+        }
         let peers: Vec<PeerSpec> = nm
             .peers
             .values()

@@ -9,8 +9,13 @@
 //! 2. **The packet filter** ([`crate::filter::Filter::record_outbound`]): Go's outbound checks,
 //!    and the flow record that lets replies back in.
 //!
-//! Inbound (decrypted from a peer, bound for the TUN device): the packet filter
-//! ([`crate::filter::Filter::check_inbound`]), deny by default.
+//! Inbound (decrypted from a peer, bound for the TUN device):
+//!
+//! 1. **TSMP** (IP protocol 99, Tailscale's in-band messages) is consumed here, as Go's
+//!    `tstun` does: a ping request gets its pong queued ([`Chain::poll_reply`]), a pong is
+//!    handed to the pong sink (the node's own `tailscale ping --tsmp`); nothing of it reaches
+//!    the host.
+//! 2. **The packet filter** ([`crate::filter::Filter::check_inbound`]), deny by default.
 //!
 //! Injection is the engine's: packets the node makes itself are handed to it as outbound (to
 //! a peer) or inbound (to the TUN device) and skip the chain, which is why a build without
@@ -18,8 +23,16 @@
 //! clock; it allocates nothing per packet and cannot panic on any input.
 
 use crate::filter::{Filter, Rules};
+use crate::tsmp;
+use std::collections::VecDeque;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::Instant;
+
+/// TSMP answers waiting to be sent before new ones are dropped.
+const MAX_REPLIES: usize = 64;
+
+/// Where TSMP pongs go: their 8 bytes of data and when they arrived.
+pub type PongSink = Box<dyn FnMut([u8; 8], Instant) + Send>;
 
 /// Quad-100, Tailscale's IPv4 service address.
 pub const SERVICE_V4: Ipv4Addr = Ipv4Addr::new(100, 100, 100, 100);
@@ -44,6 +57,12 @@ pub struct ChainStats {
     pub intercepted: u64,
     /// Packets to the service addresses dropped (no intercept in this build or none set).
     pub service_dropped: u64,
+    /// TSMP ping requests answered.
+    pub tsmp_pings: u64,
+    /// TSMP pongs received.
+    pub tsmp_pongs: u64,
+    /// Other TSMP messages (rejects, disco key adverts, unknown), consumed.
+    pub tsmp_other: u64,
 }
 
 /// Where intercepted packets go (the netstack's input).
@@ -55,6 +74,8 @@ pub struct Chain {
     filter: Filter,
     #[cfg(feature = "netstack")]
     intercept: Option<Intercept>,
+    replies: VecDeque<Vec<u8>>,
+    pong_sink: Option<PongSink>,
     stats: ChainStats,
 }
 
@@ -83,6 +104,8 @@ impl Chain {
             filter,
             #[cfg(feature = "netstack")]
             intercept: None,
+            replies: VecDeque::new(),
+            pong_sink: None,
             stats: ChainStats::default(),
         }
     }
@@ -127,9 +150,53 @@ impl Chain {
         }
     }
 
+    /// Sets where TSMP pongs go.
+    pub fn set_pong_sink(&mut self, f: PongSink) {
+        self.pong_sink = Some(f);
+    }
+
     /// An inbound packet, decrypted from a peer: whether it may be written to the TUN device.
     pub fn inbound(&mut self, packet: &[u8], now: Instant) -> bool {
+        if is_tsmp(packet) {
+            self.tsmp(packet, now);
+            return false;
+        }
         self.filter.check_inbound(packet, now).is_accept()
+    }
+
+    fn tsmp(&mut self, packet: &[u8], now: Instant) {
+        match tsmp::parse(packet).map(|p| p.message) {
+            Some(tsmp::Message::PingRequest { .. }) => {
+                self.stats.tsmp_pings += 1;
+                if let Some(pong) = tsmp::answer(packet)
+                    && self.replies.len() < MAX_REPLIES
+                {
+                    self.replies.push_back(pong);
+                }
+            }
+            Some(tsmp::Message::Pong { data, .. }) => {
+                self.stats.tsmp_pongs += 1;
+                if let Some(f) = self.pong_sink.as_mut() {
+                    f(data, now);
+                }
+            }
+            _ => self.stats.tsmp_other += 1,
+        }
+    }
+
+    /// A packet the chain made in answer to one it consumed (a TSMP pong), to send to the
+    /// peer it came from.
+    pub fn poll_reply(&mut self) -> Option<Vec<u8>> {
+        self.replies.pop_front()
+    }
+}
+
+/// Whether the IP protocol (IPv4) or next header (IPv6) says TSMP.
+fn is_tsmp(packet: &[u8]) -> bool {
+    match packet.first().map(|b| b >> 4) {
+        Some(4) => packet.get(9) == Some(&tsmp::IP_PROTO),
+        Some(6) => packet.get(6) == Some(&tsmp::IP_PROTO),
+        _ => false,
     }
 }
 
@@ -190,6 +257,35 @@ mod tests {
         assert_eq!(c.outbound(&p, Instant::now()), Outbound::Intercepted);
         assert_eq!(got.lock().unwrap().as_slice(), &[p]);
         assert_eq!(c.stats().intercepted, 1);
+    }
+
+    #[test]
+    fn tsmp_pings_are_answered_and_pongs_reported() {
+        use std::sync::{Arc, Mutex};
+        let mut c = Chain::new(Filter::new(Rules::allow_none(), FlowConfig::go()));
+        let got: Arc<Mutex<Vec<[u8; 8]>>> = Arc::default();
+        let g = Arc::clone(&got);
+        c.set_pong_sink(Box::new(move |d, _| g.lock().unwrap().push(d)));
+        let (peer, me) = ("100.64.0.2".parse().unwrap(), "100.64.0.1".parse().unwrap());
+        let now = Instant::now();
+        let ping = tsmp::ping_request(peer, me, *b"12345678").unwrap();
+        // Consumed (never written to the host), answered with the pong Go would send.
+        assert!(!c.inbound(&ping, now));
+        let pong = c.poll_reply().unwrap();
+        assert_eq!(pong, tsmp::answer(&ping).unwrap());
+        assert!(c.poll_reply().is_none());
+        let p = tsmp::parse(&pong).unwrap();
+        assert_eq!((p.src, p.dst), (me, peer));
+        // A pong for our own ping goes to the sink.
+        let theirs = tsmp::pong(peer, me, *b"abcdefgh", 0).unwrap();
+        assert!(!c.inbound(&theirs, now));
+        assert_eq!(got.lock().unwrap().as_slice(), &[*b"abcdefgh"]);
+        // Answers are bounded.
+        for _ in 0..200 {
+            c.inbound(&ping, now);
+        }
+        assert_eq!(c.replies.len(), MAX_REPLIES);
+        assert_eq!(c.stats().tsmp_pings, 201);
     }
 
     #[test]

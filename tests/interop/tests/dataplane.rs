@@ -170,6 +170,14 @@ fn direct_path_icmp_tcp_udp_both_ways() {
         "our endpoints in Go's netmap: {}",
         me["Endpoints"]
     );
+    // TSMP pings through the tunnel, both ways: Go answers ours, we answer Go's.
+    let pong = tr.tailscale(&["ping", "--tsmp", "go"]).unwrap();
+    assert!(
+        pong.starts_with(&format!("pong from go ({go_ip}) via TSMP in ")),
+        "{pong}"
+    );
+    let pong = go.tailscale(&["ping", "--tsmp", "--c=1", &tr_ip]).unwrap();
+    assert!(pong.contains("pong from tr ("), "{pong}");
     // `tailscale ping` (disco) answers over the direct path and stops there.
     let pong = tr.tailscale(&["ping", "go"]).unwrap();
     assert!(
