@@ -218,8 +218,12 @@ fn run(cfg: Config) -> Result<(), String> {
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
-    // The data plane comes first: the TUN device and the UDP port are the daemon's to hold,
-    // and a missing privilege is better reported before anything talks to control.
+    // A damaged state file stops the daemon first, before anything touches the host (TUN,
+    // routes) or could register a new node over the old identity; the file is left as it is.
+    let (mut backend, opened) = LocalBackend::open(store, None, ipn::VERSION)
+        .map_err(|e| format!("refusing to start: {e}"))?;
+    // Then the data plane: the TUN device and the UDP port are the daemon's to hold, and a
+    // missing privilege is better reported before anything talks to control.
     let opts = ipn::dataplane::Options::new(&cfg.tun, cfg.port);
     let disco = opts.disco.clone();
     let dataplane = rt.block_on(ipn::dataplane::DataPlane::start(opts))?;
@@ -229,10 +233,7 @@ fn run(cfg: Config) -> Result<(), String> {
         disco,
         Some(std::sync::Arc::clone(&dataplane)),
     );
-    // A damaged state file stops the daemon here, before anything could register a new node
-    // over the old identity; the file is left as it is.
-    let (mut backend, opened) = LocalBackend::open(store, Some(driver), ipn::VERSION)
-        .map_err(|e| format!("refusing to start: {e}"))?;
+    backend.set_control(driver);
     backend.set_ephemeral(cfg.state == StateLocation::Memory);
     backend.set_dataplane(std::sync::Arc::clone(&dataplane));
     match opened {

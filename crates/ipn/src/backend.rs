@@ -253,6 +253,15 @@ impl LocalBackend {
         self.ephemeral = ephemeral;
     }
 
+    /// Plugs in the control client after the store was opened (the daemon checks the state
+    /// before it starts anything that touches the host), clearing the "no control" health.
+    pub fn set_control(&mut self, control: Arc<dyn ControlClient>) {
+        self.control = Some(control);
+        if let Ok(mut g) = self.lock() {
+            g.health.retain(|h| h != NO_CONTROL_CLIENT);
+        }
+    }
+
     /// The data plane whose per-peer paths and counters status shows.
     pub fn set_dataplane(&mut self, dp: Arc<crate::dataplane::DataPlane>) {
         self.dataplane = Some(dp);
