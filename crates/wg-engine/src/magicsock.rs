@@ -381,6 +381,8 @@ impl Magicsock {
     /// disco key means a restarted peer, whose paths are found again.
     pub fn set_peers(&mut self, peers: Vec<PeerInfo>) {
         let mut next: HashMap<NodePublic, PeerState> = HashMap::with_capacity(peers.len());
+        // Every disco key in use until now, gone peers' and restarted peers' old ones alike.
+        let before: Vec<DiscoPublic> = self.by_disco.keys().copied().collect();
         self.by_disco.clear();
         for info in peers {
             let key = info.key;
@@ -397,10 +399,8 @@ impl Magicsock {
             }
             next.insert(key, st);
         }
-        for gone in self.peers.values() {
-            if let Some(d) = &gone.info.disco
-                && !self.by_disco.contains_key(d)
-            {
+        for d in &before {
+            if !self.by_disco.contains_key(d) {
                 self.keys.forget(d);
             }
         }
@@ -1023,6 +1023,22 @@ mod tests {
         a.ms.set_peers(vec![]);
         assert!(a.ms.path_status(&b.key, t0).is_none());
         assert!(a.ms.send_paths(&b.key, t0).is_none());
+    }
+
+    #[test]
+    fn a_restarted_peer_s_old_disco_key_is_forgotten() {
+        let (mut a, mut b) = pair(true);
+        let t0 = Instant::now();
+        b.ms.ping(&a.key, t0);
+        let old = b.ms.poll_transmit().unwrap();
+        assert!(a.ms.keys.open(&old.data).is_ok());
+        // b restarts with a new disco key: a keeps no box key for the old one.
+        b.disco = DiscoPrivate::generate().public();
+        a.ms.set_peers(vec![info(&b, &[b.addr])]);
+        assert!(matches!(
+            a.ms.keys.open(&old.data),
+            Err(disco::Error::UnknownSender(_))
+        ));
     }
 
     #[test]
