@@ -81,7 +81,7 @@ fn list_shows_every_tag_with_status() {
     let out = text(&o.stdout);
     assert!(
         out.lines()
-            .any(|l| l.starts_with("dns ") && l.contains("scaffold") && l.contains("netstack"))
+            .any(|l| l.starts_with("dns ") && l.contains("partial") && l.contains("netstack"))
     );
     assert!(
         out.lines()

@@ -46,6 +46,10 @@ pub(crate) struct Args {
     #[arg(long, default_value_t = 41641)]
     port: u16,
 
+    /// The resolv.conf that --accept-dns manages (direct mode); empty: never touch one
+    #[arg(long, value_name = "PATH", default_value = "/etc/resolv.conf")]
+    resolv_conf: String,
+
     /// Log verbosity: 0 is quiet, 1 debug, 2 everything [default: $TS_LOG_VERBOSITY or 0]
     #[arg(long, allow_negative_numbers = true)]
     verbose: Option<i64>,
@@ -75,6 +79,8 @@ pub(crate) struct Config {
     pub(crate) socket: PathBuf,
     pub(crate) tun: String,
     pub(crate) port: u16,
+    /// `None`: DNS settings are never written to the OS.
+    pub(crate) resolv_conf: Option<PathBuf>,
 }
 
 /// Turns `-name` and `-name=value` into `--name…` for the long flags we know.
@@ -128,6 +134,7 @@ pub(crate) fn config(args: &Args) -> Result<Config, String> {
         socket: args.socket.clone(),
         tun: args.tun.clone(),
         port: args.port,
+        resolv_conf: (!args.resolv_conf.is_empty()).then(|| PathBuf::from(&args.resolv_conf)),
     })
 }
 
@@ -224,7 +231,8 @@ fn run(cfg: Config) -> Result<(), String> {
         .map_err(|e| format!("refusing to start: {e}"))?;
     // Then the data plane: the TUN device and the UDP port are the daemon's to hold, and a
     // missing privilege is better reported before anything talks to control.
-    let opts = ipn::dataplane::Options::new(&cfg.tun, cfg.port);
+    let mut opts = ipn::dataplane::Options::new(&cfg.tun, cfg.port);
+    opts.resolv_conf = cfg.resolv_conf.clone();
     let disco = opts.disco.clone();
     let dataplane = rt.block_on(ipn::dataplane::DataPlane::start(opts))?;
     let (driver, mut events) = ipn::control::Driver::spawn_with(
@@ -340,6 +348,9 @@ mod tests {
             c.socket,
             PathBuf::from("/var/run/tailscale/tailscaled.sock")
         );
+        assert_eq!(c.resolv_conf, Some(PathBuf::from("/etc/resolv.conf")));
+        let off = config(&parse(&["--resolv-conf="]).unwrap()).unwrap();
+        assert_eq!(off.resolv_conf, None, "empty: never touch one");
     }
 
     #[test]

@@ -45,6 +45,8 @@ impl Daemon {
             .arg(format!("--tun={}", tun_name("up")))
             // Any free UDP port: the tests run side by side.
             .arg("--port=0")
+            // Never the machine's own resolv.conf.
+            .arg("--resolv-conf=")
             .env_remove("TS_LOG_VERBOSITY")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

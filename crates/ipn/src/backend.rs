@@ -225,6 +225,8 @@ impl LocalBackend {
         if control.is_none() {
             health.push(NO_CONTROL_CLIENT.to_string());
         }
+        #[cfg(all(feature = "netstack", not(feature = "dns")))]
+        health.push(crate::dns::NO_DNS_HEALTH.to_string());
         let backend = LocalBackend {
             inner: Mutex::new(Inner {
                 persisted,
@@ -265,6 +267,16 @@ impl LocalBackend {
     /// The data plane whose per-peer paths and counters status shows.
     pub fn set_dataplane(&mut self, dp: Arc<crate::dataplane::DataPlane>) {
         self.dataplane = Some(dp);
+        if let Ok(g) = self.lock() {
+            self.prefs_to_dataplane(&g);
+        }
+    }
+
+    /// The prefs the data plane follows (`--accept-dns`).
+    fn prefs_to_dataplane(&self, g: &Inner) {
+        if let Some(dp) = &self.dataplane {
+            dp.set_accept_dns(g.persisted.prefs.corp_dns);
+        }
     }
 
     /// Adds a line to the status `Health` list.
@@ -591,9 +603,13 @@ impl Backend for LocalBackend {
             prefs: Some(view.clone()),
             ..Notify::default()
         });
+        self.prefs_to_dataplane(&g);
         if was_running && !g.persisted.prefs.want_running {
             if let Some(c) = &self.control {
                 c.stop();
+            }
+            if let Some(dp) = &self.dataplane {
+                dp.dns_down();
             }
             g.netmap = None;
             g.engine_up = false;
@@ -615,6 +631,7 @@ impl Backend for LocalBackend {
             });
         }
         g.started = true;
+        self.prefs_to_dataplane(&g);
         self.update_state(&mut g);
         let Some(control) = &self.control else {
             return Err(self.no_control("start"));
@@ -891,6 +908,14 @@ mod tests {
         LocalBackend::open(Box::new(MemStore::new()), control, "test")
             .unwrap()
             .0
+    }
+
+    #[test]
+    fn status_says_whether_quad100_answers_dns() {
+        let st = backend(None).status(true);
+        let said = st.health.iter().any(|h| h.contains("does not answer DNS"));
+        // Only a build with the netstack and without MagicDNS has the line.
+        assert_eq!(said, cfg!(all(feature = "netstack", not(feature = "dns"))));
     }
 
     #[test]

@@ -36,6 +36,8 @@ pub struct Options {
     pub disco: DiscoPrivate,
     /// How DERP servers are dialed.
     pub derp: DialOptions,
+    /// The resolv.conf `--accept-dns` manages (builds with `dns`); `None`: never touch one.
+    pub resolv_conf: Option<std::path::PathBuf>,
 }
 
 impl Options {
@@ -50,6 +52,7 @@ impl Options {
             port,
             disco: DiscoPrivate::generate(),
             derp: DialOptions::from_env(),
+            resolv_conf: Some(std::path::PathBuf::from("/etc/resolv.conf")),
         }
     }
 }
@@ -105,7 +108,12 @@ struct Applied {
 
 /// The running data plane.
 pub struct DataPlane {
-    engine: engine::Handle<FilterHooks>,
+    engine: Arc<engine::Handle<FilterHooks>>,
+    /// Quad-100: the netstack and (with `dns`) MagicDNS.
+    #[cfg(feature = "netstack")]
+    quad100: crate::dns::Quad100,
+    /// `--accept-dns` (`Prefs.CorpDNS`), for the resolver's configuration.
+    accept_dns: std::sync::atomic::AtomicBool,
     #[cfg(feature = "osrouter")]
     router: Mutex<Option<osrouter::Router>>,
     applied: tokio::sync::Mutex<Applied>,
@@ -168,6 +176,10 @@ impl DataPlane {
                 let _ = tx.send(at);
             }
         }));
+        #[cfg(feature = "netstack")]
+        let intake = crate::dns::Intake::new();
+        #[cfg(feature = "netstack")]
+        chain.set_intercept(intake.hook());
         let hooks = FilterHooks { chain };
         let eopts = engine::Options {
             port: opts.port,
@@ -184,6 +196,15 @@ impl DataPlane {
         let engine = engine::spawn(eopts, cfg, TunDevice(tun), hooks)
             .await
             .map_err(|e| format!("cannot start the engine: {e}"))?;
+        let engine = Arc::new(engine);
+        #[cfg(feature = "netstack")]
+        let quad100 = crate::dns::Quad100::start(
+            intake,
+            crate::dns::EngineInjector(Arc::downgrade(&engine)),
+            opts.resolv_conf.as_deref(),
+        )?;
+        #[cfg(not(feature = "netstack"))]
+        let _ = &opts.resolv_conf;
         tracing::info!("data plane: {tun_name}, UDP port {}", engine.port());
         let status: Arc<Mutex<Option<EngineStatus>>> = Arc::new(Mutex::new(None));
         Ok(Arc::new_cyclic(|weak: &std::sync::Weak<DataPlane>| {
@@ -203,6 +224,9 @@ impl DataPlane {
             });
             DataPlane {
                 engine,
+                #[cfg(feature = "netstack")]
+                quad100,
+                accept_dns: std::sync::atomic::AtomicBool::new(true),
                 #[cfg(feature = "osrouter")]
                 router: Mutex::new(Some(router)),
                 applied: tokio::sync::Mutex::new(Applied::default()),
@@ -213,6 +237,23 @@ impl DataPlane {
                 _poller: poller,
             }
         }))
+    }
+
+    /// Sets `--accept-dns` (`Prefs.CorpDNS`): on, it takes effect with the next netmap; off,
+    /// the OS's DNS settings are put back at once.
+    pub fn set_accept_dns(&self, on: bool) {
+        self.accept_dns
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+        if !on {
+            self.dns_down();
+        }
+    }
+
+    /// The node stops (`down`, logout): the OS's DNS settings are put back; the next netmap
+    /// after `up` sets them again.
+    pub fn dns_down(&self) {
+        #[cfg(feature = "netstack")]
+        self.quad100.close();
     }
 
     /// The UDP port in use.
@@ -275,6 +316,11 @@ impl DataPlane {
         if let Ok(mut g) = self.self_addrs.lock() {
             *g = me.addresses.iter().map(|a| a.addr()).collect();
         }
+        #[cfg(feature = "netstack")]
+        self.quad100.set_inputs(crate::dns::DnsInputs::from_netmap(
+            nm,
+            self.accept_dns.load(std::sync::atomic::Ordering::Relaxed),
+        ));
         let peers: Vec<PeerSpec> = nm
             .peers
             .values()
@@ -355,6 +401,8 @@ impl DataPlane {
 
     /// Removes what was added to the host (addresses, routes, rules). Called on shutdown.
     pub fn close(&self) {
+        #[cfg(feature = "netstack")]
+        self.quad100.close();
         #[cfg(feature = "osrouter")]
         if let Ok(mut g) = self.router.lock()
             && let Some(r) = g.take()

@@ -15,11 +15,15 @@
 //!   the narrow [`backend::ControlClient`] trait the control client will plug into.
 //! - [`control`]: the control client driver ([`control::Driver`]), the `control-client`
 //!   crate wired into the backend: registration, the map long-poll, reconnects, logout.
+//! - `dns` (with the `netstack` tag): quad-100, the netstack fed by the TUN hook and, with the
+//!   `dns` tag, MagicDNS answering it.
 //! - [`localapi`] is re-exported so the binary reaches the server and client through the core.
 
 pub mod backend;
 pub mod control;
 pub mod dataplane;
+#[cfg(feature = "netstack")]
+pub mod dns;
 pub mod state;
 pub mod tags;
 
