@@ -81,8 +81,8 @@ go_mod_go() {
 # ---------------------------------------------------------------- Debian packages
 install_debs() {
     [ "${TAILROUTER_SKIP_APT:-0}" = 1 ] && { log "TAILROUTER_SKIP_APT=1: not checking Debian packages"; return 0; }
-    local required="iproute2 iputils-ping iperf3 dnsutils curl jq openssl wireguard-go wireguard-tools"
-    local optional="sqlite3"
+    local required="iproute2 iputils-ping iperf3 dnsutils dnsmasq-base curl jq openssl wireguard-go wireguard-tools"
+    local optional="sqlite3 dnsperf"
     local missing_req="" missing_opt="" p
     for p in $required; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing_req="$missing_req $p"

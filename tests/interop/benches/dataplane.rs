@@ -20,7 +20,10 @@
 //! sampled every 100 ms during the runs, and `VmHWM` at the end). It prints Markdown; the
 //! results are kept in `docs/benchmarks/dataplane.md`.
 
-use interop::{Error, Host, Result, Rig, TailnetNode, run, tailrouter_bin, wait_for};
+use interop::bench::{
+    Daemon, clk_tck, cpu_ticks, daemon, first_line, loadavg, median, mib, release_bin, status_kb,
+};
+use interop::{Error, Host, Result, Rig, TailnetNode, run, wait_for};
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -50,126 +53,6 @@ fn main() {
 
 fn err<T>(msg: impl Into<String>) -> Result<T> {
     Err(Error(msg.into()))
-}
-
-/// `$TAILROUTER_BIN`, which must be set, exist, carry the `cli` tag and not be a debug build.
-fn release_bin() -> Result<PathBuf> {
-    let Some(p) = std::env::var_os("TAILROUTER_BIN").map(PathBuf::from) else {
-        return err(format!(
-            "TAILROUTER_BIN is not set: this bench measures a release build. Run: {HOW}"
-        ));
-    };
-    if p.components().any(|c| c.as_os_str() == "debug") {
-        return err(format!(
-            "TAILROUTER_BIN={} is a debug build path: this bench measures a release build. \
-             Run: {HOW}",
-            p.display()
-        ));
-    }
-    // Also checks that the file exists and has the cli tag.
-    tailrouter_bin()
-}
-
-/// A tunnel daemon: the process that moves the packets of one end.
-#[derive(Debug, Clone)]
-struct Daemon {
-    /// What the tables call it, e.g. `tailrouter (tr)`.
-    name: String,
-    pid: u32,
-}
-
-/// The pid of the one process named `comm` in `host`'s namespace.
-fn daemon(host: &Host, comm: &str, name: &str) -> Result<Daemon> {
-    let pid = wait_for(
-        &format!("a {comm} process in {}", host.ns),
-        Duration::from_secs(10),
-        || {
-            let out = Command::new("ip")
-                .args(["netns", "pids", &host.ns])
-                .output()
-                .ok()?;
-            let pids: Vec<u32> = String::from_utf8_lossy(&out.stdout)
-                .split_whitespace()
-                .filter_map(|p| p.parse().ok())
-                .filter(|pid| {
-                    std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                        .is_ok_and(|c| c.trim() == comm)
-                })
-                .collect();
-            (pids.len() == 1).then(|| pids[0])
-        },
-    )?;
-    Ok(Daemon {
-        name: name.to_string(),
-        pid,
-    })
-}
-
-/// Clock ticks per second (`getconf CLK_TCK`).
-fn clk_tck() -> Result<f64> {
-    let out = run(Command::new("getconf").arg("CLK_TCK"))?;
-    String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .map_err(|e| Error(format!("getconf CLK_TCK: {e}")))
-}
-
-/// `utime + stime` of `pid`, in clock ticks.
-fn cpu_ticks(pid: u32) -> Result<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map_err(|e| Error(format!("read /proc/{pid}/stat (did the daemon die?): {e}")))?;
-    // Fields after the command name (which may hold spaces): state is field 3, so field N
-    // is at index N - 3; utime is 14, stime 15.
-    let rest = stat
-        .rsplit_once(')')
-        .map(|(_, r)| r)
-        .ok_or_else(|| Error(format!("odd /proc/{pid}/stat: {stat}")))?;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let field = |i: usize| -> Result<u64> {
-        f.get(i)
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| Error(format!("odd /proc/{pid}/stat: {stat}")))
-    };
-    Ok(field(11)? + field(12)?)
-}
-
-/// A `kB` line (`VmRSS`, `VmHWM`) of `/proc/<pid>/status`.
-fn status_kb(pid: u32, key: &str) -> Result<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|e| {
-        Error(format!(
-            "read /proc/{pid}/status (did the daemon die?): {e}"
-        ))
-    })?;
-    text.lines()
-        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .ok_or_else(|| Error(format!("no {key} in /proc/{pid}/status")))
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
-}
-
-/// First line of a command's output (stdout, else stderr), or `?`.
-fn first_line(cmd: &mut Command) -> String {
-    cmd.stdin(Stdio::null())
-        .output()
-        .map(|o| {
-            let s = if o.stdout.is_empty() {
-                o.stderr
-            } else {
-                o.stdout
-            };
-            String::from_utf8_lossy(&s)
-                .lines()
-                .next()
-                .unwrap_or("?")
-                .trim()
-                .to_string()
-        })
-        .unwrap_or_else(|_| "?".into())
 }
 
 fn peer<'a>(st: &'a Value, host: &str) -> Option<&'a Value> {
@@ -523,19 +406,6 @@ fn iperf(
     })
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
-}
-
-fn mib(kb: u64) -> String {
-    format!("{:.1}", kb as f64 / 1024.0)
-}
-
 /// Lines of `log` that look like warnings or errors, distinct, with their counts.
 fn complaints(log: &str) -> Vec<(usize, String)> {
     let mut seen: Vec<(usize, String)> = Vec::new();
@@ -562,7 +432,7 @@ fn complaints(log: &str) -> Vec<(usize, String)> {
 }
 
 fn bench(t0: Instant) -> Result<()> {
-    let bin = release_bin()?;
+    let bin = release_bin(HOW)?;
     for tool in ["iperf3", "wireguard-go", "wg", "ping", "ip", "getconf"] {
         if run(Command::new("sh").args(["-c", &format!("command -v {tool}")])).is_err() {
             return err(format!(

@@ -27,6 +27,9 @@ impl std::fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
+pub mod bench;
+pub mod dns;
+
 /// Harness result.
 pub type Result<T> = std::result::Result<T, Error>;
 
@@ -505,6 +508,9 @@ impl Rig {
             }
             None => String::new(),
         };
+        let dns = opts.dns.clone().unwrap_or_else(|| {
+            "  magic_dns: true\n  base_domain: rig.test\n  override_local_dns: false\n  nameservers:\n    global: []\n    split: {}\n  search_domains: []\n  extra_records: []\n".to_string()
+        });
         let derp = match &opts.derper {
             None => format!(
                 "derp:\n  server:\n    enabled: true\n    region_id: 999\n    region_code: rig\n    region_name: tailrouter rig\n    verify_clients: true\n    stun_listen_addr: {ip}:3478\n    private_key_path: {d}/derp_server_private.key\n    automatically_add_embedded_derp_region: true\n    ipv4: {ip}\n  urls: []\n  paths: []\n  auto_update_enabled: false\n  update_frequency: 24h\n"
@@ -533,7 +539,7 @@ impl Rig {
                  database:\n  type: sqlite\n  sqlite:\n    path: {d}/db.sqlite\n    write_ahead_log: true\n\
                  log:\n  level: info\n  format: text\n\
                  policy:\n  mode: file\n  path: \"{policy_path}\"\n\
-                 dns:\n  magic_dns: true\n  base_domain: rig.test\n  override_local_dns: false\n  nameservers:\n    global: []\n    split: {{}}\n  search_domains: []\n  extra_records: []\n\
+                 dns:\n{dns}\
                  unix_socket: {d}/headscale.sock\n\
                  unix_socket_permission: \"0770\"\n\
                  logtail:\n  enabled: false\n\
@@ -678,6 +684,11 @@ impl Rig {
             .arg(format!("--socket={}", node.socket.display()))
             .arg(format!("--state={state}"))
             .arg(format!("--tun={}", node.tun))
+            // The rig's namespaces share this machine's /etc: --accept-dns writes here.
+            .arg(format!(
+                "--resolv-conf={}",
+                node.socket.with_file_name("resolv.conf").display()
+            ))
             .arg("--port=41641");
         self.spawn(&node.label, cmd)?;
         let s = node.socket.clone();
@@ -884,6 +895,9 @@ pub struct HeadscaleOptions {
     /// Use this derper as the only DERP region (`derp.paths`) and disable the embedded DERP
     /// server; `None` keeps the embedded one.
     pub derper: Option<Derper>,
+    /// headscale's `dns:` block (YAML, indented by two spaces under `dns:`); `None` keeps
+    /// MagicDNS on with base domain `rig.test` and no nameservers.
+    pub dns: Option<String>,
 }
 
 /// Tailscale's `derper` running on a rig host ([`Rig::derper`]).
