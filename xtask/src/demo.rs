@@ -3,10 +3,10 @@
 //! Without a login server it builds tailrouter and runs a local demo tailnet in network
 //! namespaces it creates (and removes): headscale, a Go `tailscaled` v1.98.5 and tailrouter,
 //! both logged in with a pre-auth key; it pings the Go node through the tunnel (the kernel's
-//! ping, then `tailscale ping`), prints `tailscale netcheck` and `tailscale status` from both
-//! sides. With
-//! `--login-server URL` (and usually `--auth-key KEY`) it runs tailrouter on this machine and
-//! joins that tailnet instead, prints its status, and logs out again on the way out.
+//! ping, then `tailscale ping`), asks tailrouter's quad-100 for the Go node's name, and prints
+//! `tailscale netcheck` and `tailscale status` from both sides. With `--login-server URL` (and
+//! usually `--auth-key KEY`) it runs tailrouter on this machine and joins that tailnet
+//! instead, prints its status, and logs out again on the way out.
 
 use interop::{Rig, TailnetNode, wait_for};
 use std::io::BufRead as _;
@@ -157,6 +157,26 @@ fn local(root: &Path, o: &Opts) -> Result<String, String> {
     print!("{pinged}");
     println!("\n== tailscale ping go-peer, on tailrouter");
     print!("{}", tr.tailscale(&["ping", "go-peer"]).map_err(e)?);
+    // MagicDNS: tailrouter's own quad-100 answers the Go node's name from the netmap.
+    println!("\n== dig @100.100.100.100 go-peer.rig.test, from tailrouter's namespace");
+    let answered = wait_for("quad-100 to answer", Duration::from_secs(30), || {
+        let d = interop::dns::dig(&tr.host, "100.100.100.100", "go-peer.rig.test", "A", &[])?;
+        d.answers
+            .iter()
+            .any(|(t, ip)| t == "A" && *ip == go_ip)
+            .then_some(d)
+    })
+    .map_err(e)?;
+    println!(
+        "status {}, answer {}",
+        answered.status,
+        answered
+            .answers
+            .iter()
+            .map(|(t, v)| format!("{t} {v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     println!("\n== tailscale netcheck, on tailrouter");
     match tr.tailscale(&["netcheck"]) {
         Ok(t) => print!("{t}"),

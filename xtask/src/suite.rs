@@ -290,12 +290,13 @@ pub fn run(root: &Path, args: &[String]) -> Result<(), String> {
                     "go-peer",
                     "3 received",
                     "pong from go-peer",
+                    "status NOERROR, answer A 100.",
                 ] {
                     if !text.contains(want) {
                         return Err(format!("demo output lacks {want:?}"));
                     }
                 }
-                Ok("both sides list each other and ping through the tunnel".into())
+                Ok("both sides list each other, ping through the tunnel, MagicDNS answers".into())
             }),
         ),
     ];
