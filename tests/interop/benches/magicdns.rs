@@ -14,7 +14,9 @@
 //! for 5 s a run, three runs per case, the cases interleaved. Cases: tailnet names (the two
 //! nodes' FQDNs, answered from the netmap), and forwarded names (16 names under
 //! `outside.example`, answered by dnsmasq once and then from tailrouter's cache). Latency is
-//! per query from dnsperf's `-v` lines: median and p99 over all runs of a case.
+//! per query from dnsperf's `-v` lines: median and p99 over all runs of a case. Last, a flood
+//! of 20,000 names never asked before (each forwarded), 500 outstanding, with tailrouter's
+//! peak memory before and after.
 //!
 //! The Go node runs with `--accept-dns=false`: with it on, tailscaled manages resolv.conf in
 //! direct mode and keeps its backup beside it, in the `/etc` every namespace here shares. Go's quad-100 then
@@ -139,6 +141,15 @@ fn bench() -> Result<()> {
             .map(|i| format!("n{i}.outside.example A\n"))
             .collect(),
     )?;
+    // A flood: 20,000 names never asked before, so each one is forwarded (the forwarder's
+    // in-flight cap and the cache's bounds are what keep memory flat).
+    let flood = rig.dir.join("flood.txt");
+    write(
+        &flood,
+        (0..20_000)
+            .map(|i| format!("f{i}.outside.example A\n"))
+            .collect(),
+    )?;
     // Forwarded names answered once, so the runs measure tailrouter's cache.
     for i in 0..16 {
         let name = format!("n{i}.outside.example");
@@ -176,6 +187,20 @@ fn bench() -> Result<()> {
             }
         }
     }
+    let before_flood = status_kb(trd.pid, "VmHWM")?;
+    let flood_run = tr
+        .host
+        .cmd("dnsperf")
+        .args(["-s", "100.100.100.100", "-q", "500", "-t", "2", "-n", "1", "-l", "20"])
+        .arg("-d")
+        .arg(&flood)
+        .output()
+        .map_err(|e| Error(format!("dnsperf: {e}")))?;
+    let flood_text = String::from_utf8_lossy(&flood_run.stdout).into_owned();
+    let after_flood = (
+        status_kb(trd.pid, "VmHWM")?,
+        status_kb(trd.pid, "VmRSS")?,
+    );
     let load_end = loadavg();
     let peak = (status_kb(trd.pid, "VmHWM")?, status_kb(god.pid, "VmHWM")?);
     let after = (status_kb(trd.pid, "VmRSS")?, status_kb(god.pid, "VmRSS")?);
@@ -200,7 +225,7 @@ fn bench() -> Result<()> {
         );
     }
     println!();
-    println!("| daemon | idle VmRSS MiB | VmHWM after the runs | VmRSS after |");
+    println!("| daemon | idle VmRSS MiB | VmHWM after the runs and the flood | VmRSS after |");
     println!("|---|---:|---:|---:|");
     println!(
         "| tailrouter | {} | {} | {} |",
@@ -213,6 +238,23 @@ fn bench() -> Result<()> {
         mib(idle.1),
         mib(peak.1),
         mib(after.1)
+    );
+    println!();
+    let line = |key: &str| {
+        flood_text
+            .lines()
+            .find(|l| l.trim().starts_with(key))
+            .map(|l| l.trim().to_string())
+            .unwrap_or_default()
+    };
+    println!(
+        "flood (20,000 uncached names, 500 outstanding): {}; {}; {}; tailrouter VmHWM {} MiB after the runs, {} MiB after the flood, VmRSS {} MiB",
+        line("Queries completed:"),
+        line("Queries lost:"),
+        line("Queries per second:"),
+        mib(before_flood),
+        mib(after_flood.0),
+        mib(after_flood.1)
     );
     println!();
     println!(

@@ -73,7 +73,8 @@ pub fn parse_dig(text: &str) -> Option<Dig> {
 
 /// Starts dnsmasq on a new host `role`, answering `names` (a domain and every name below it,
 /// with one IPv4 address each) and nothing else: no upstream, no hosts file, no config
-/// file; queries logged to its rig log (`dnsmasq-<role>`). Returns once it answers.
+/// file; records with a 300 s TTL; queries logged to its rig log (`dnsmasq-<role>`). Returns
+/// once it answers.
 pub fn dnsmasq(rig: &mut Rig, role: &str, names: &[(&str, &str)]) -> Result<Host> {
     let host = rig.host(role)?;
     let mut cmd = host.cmd("dnsmasq");
@@ -88,6 +89,8 @@ pub fn dnsmasq(rig: &mut Rig, role: &str, names: &[(&str, &str)]) -> Result<Host
         "--port=53",
         "--user=root",
         "--cache-size=1000",
+        // dnsmasq gives its own records TTL 0 by default: nothing could cache them.
+        "--local-ttl=300",
     ])
     .arg(format!("--listen-address={}", host.ip))
     .arg(format!(
