@@ -180,8 +180,9 @@ impl Quad100 {
 #[cfg(feature = "dns")]
 mod os {
     use super::DnsInputs;
+    use magicdns::answer::{SERVICE_V4, SERVICE_V6};
     use magicdns::resolvconf::{BaseConfig, ResolvConf};
-    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    use std::net::IpAddr;
 
     pub(super) struct OsDns {
         rc: ResolvConf,
@@ -205,10 +206,7 @@ mod os {
             });
             match wanted(i, &base) {
                 Some(search) => {
-                    let servers = [
-                        IpAddr::V4(Ipv4Addr::new(100, 100, 100, 100)),
-                        IpAddr::V6(Ipv6Addr::new(0xfd7a, 0x115c, 0xa1e0, 0, 0, 0, 0, 0x53)),
-                    ];
+                    let servers = [IpAddr::V4(SERVICE_V4), IpAddr::V6(SERVICE_V6)];
                     match self.rc.apply(&servers, &search) {
                         Ok(()) => self.applied = true,
                         Err(e) => tracing::warn!(
