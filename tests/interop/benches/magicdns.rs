@@ -191,16 +191,24 @@ fn bench() -> Result<()> {
     let flood_run = tr
         .host
         .cmd("dnsperf")
-        .args(["-s", "100.100.100.100", "-q", "500", "-t", "2", "-n", "1", "-l", "20"])
+        .args([
+            "-s",
+            "100.100.100.100",
+            "-q",
+            "500",
+            "-t",
+            "2",
+            "-n",
+            "1",
+            "-l",
+            "20",
+        ])
         .arg("-d")
         .arg(&flood)
         .output()
         .map_err(|e| Error(format!("dnsperf: {e}")))?;
     let flood_text = String::from_utf8_lossy(&flood_run.stdout).into_owned();
-    let after_flood = (
-        status_kb(trd.pid, "VmHWM")?,
-        status_kb(trd.pid, "VmRSS")?,
-    );
+    let after_flood = (status_kb(trd.pid, "VmHWM")?, status_kb(trd.pid, "VmRSS")?);
     let load_end = loadavg();
     let peak = (status_kb(trd.pid, "VmHWM")?, status_kb(god.pid, "VmHWM")?);
     let after = (status_kb(trd.pid, "VmRSS")?, status_kb(god.pid, "VmRSS")?);
