@@ -188,6 +188,9 @@ mod os {
         rc: ResolvConf,
         /// Whether our file is in place.
         applied: bool,
+        /// The inputs last applied and the OS nameservers read then: a netmap that changes
+        /// nothing DNS-relevant (most deltas) costs no file I/O.
+        last: Option<(DnsInputs, Vec<IpAddr>)>,
     }
 
     impl OsDns {
@@ -195,11 +198,23 @@ mod os {
             OsDns {
                 rc: ResolvConf::new(path),
                 applied: false,
+                last: None,
             }
         }
 
         /// Applies or restores for `i`; returns the OS's own nameservers.
         pub(super) fn update(&mut self, i: &DnsInputs) -> Vec<IpAddr> {
+            if let Some((seen, base)) = &self.last
+                && seen == i
+            {
+                return base.clone();
+            }
+            let nameservers = self.apply(i);
+            self.last = Some((i.clone(), nameservers.clone()));
+            nameservers
+        }
+
+        fn apply(&mut self, i: &DnsInputs) -> Vec<IpAddr> {
             let base = self.rc.base_config().unwrap_or_else(|e| {
                 tracing::debug!("{}: {e}", self.rc.path().display());
                 BaseConfig::default()
@@ -220,7 +235,9 @@ mod os {
             base.nameservers
         }
 
+        /// Puts the original back; the next netmap applies ours again.
         pub(super) fn restore(&mut self) {
+            self.last = None;
             if !self.applied {
                 return;
             }
