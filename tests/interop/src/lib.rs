@@ -30,6 +30,16 @@ impl std::error::Error for Error {}
 pub mod bench;
 pub mod dns;
 
+/// Waits until `a` lists `b` among its peers and `b` lists `a` (by host name), at most
+/// `limit`.
+pub fn wait_listed(a: &impl TailnetNode, b: &impl TailnetNode, limit: Duration) -> Result<()> {
+    wait_for("each to list the other", limit, || {
+        let ab = a.peer_names().ok()?.iter().any(|n| n == b.hostname());
+        let ba = b.peer_names().ok()?.iter().any(|n| n == a.hostname());
+        (ab && ba).then_some(())
+    })
+}
+
 /// Harness result.
 pub type Result<T> = std::result::Result<T, Error>;
 

@@ -31,12 +31,7 @@ fn joined(rig: &mut Rig, go_env: &[(&str, &str)]) -> (interop::Headscale, GoNode
     if let Err(e) = tr.up(&hs, &key) {
         panic!("{e}\n{}", rig.log_tail(&tr.label, 40));
     }
-    wait_for("each to list the other", LIMIT, || {
-        let a = tr.peer_names().ok()?.contains(&"go".to_string());
-        let b = go.peer_names().ok()?.contains(&"tr".to_string());
-        (a && b).then_some(())
-    })
-    .unwrap();
+    interop::wait_listed(&tr, &go, LIMIT).unwrap();
     (hs, go, tr)
 }
 
@@ -238,12 +233,7 @@ fn derp_first_then_upgrade_to_direct() {
     blackhole(&tr.host, &go.host.ip, true);
     tr.up(&hs, &key)
         .unwrap_or_else(|e| panic!("{e}\n{}", rig.log_tail(&tr.label, 40)));
-    wait_for("each to list the other", LIMIT, || {
-        let a = tr.peer_names().ok()?.contains(&"go".to_string());
-        let b = go.peer_names().ok()?.contains(&"tr".to_string());
-        (a && b).then_some(())
-    })
-    .unwrap();
+    interop::wait_listed(&tr, &go, LIMIT).unwrap();
     let go_ip = go.ipv4().unwrap();
     ping_ok(
         &rig,

@@ -26,12 +26,7 @@ fn joined(rig: &mut Rig, block_direct: bool) -> (Headscale, GoNode, TailrouterNo
     }
     tr.up(&hs, &key)
         .unwrap_or_else(|e| panic!("{e}\n{}", rig.log_tail(&tr.label, 40)));
-    wait_for("each to list the other", LIMIT, || {
-        let a = tr.peer_names().ok()?.contains(&"go".to_string());
-        let b = go.peer_names().ok()?.contains(&"tr".to_string());
-        (a && b).then_some(())
-    })
-    .unwrap();
+    interop::wait_listed(&tr, &go, LIMIT).unwrap();
     (hs, go, tr)
 }
 

@@ -53,12 +53,7 @@ fn quad100_answers_tailnet_names_and_forwards_the_rest() {
     ]) {
         panic!("{e}\n{}", rig.log_tail(&tr.label, 40));
     }
-    wait_for("each to list the other", LIMIT, || {
-        let a = tr.peer_names().ok()?.contains(&"go".to_string());
-        let b = go.peer_names().ok()?.contains(&"tr".to_string());
-        (a && b).then_some(())
-    })
-    .unwrap();
+    interop::wait_listed(&tr, &go, LIMIT).unwrap();
     let go_ip = go.ipv4().unwrap();
     let tr_ip = tr.ipv4().unwrap();
 

@@ -94,12 +94,7 @@ fn a_registers_with_auth_key_and_lists_go_peer_both_ways() {
     let mut rig = Rig::new("tra").unwrap();
     let (hs, key, go, tr) = joined(&mut rig);
     wait_state(&tr, "Running", LIMIT);
-    wait_for("each to list the other", LIMIT, || {
-        let a = tr.peer_names().ok()?.contains(&"go".to_string());
-        let b = go.peer_names().ok()?.contains(&"tr".to_string());
-        (a && b).then_some(())
-    })
-    .unwrap();
+    interop::wait_listed(&tr, &go, LIMIT).unwrap();
 
     let st = tr.status().unwrap();
     let me = &st["Self"];
