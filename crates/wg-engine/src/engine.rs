@@ -47,6 +47,82 @@ pub trait Device: Send + Sync + 'static {
     fn try_recv(&self, buf: &mut [u8]) -> io::Result<Option<usize>> {
         poll_now(self.recv(buf)).transpose()
     }
+    /// How many bytes [`Device::send_batch`] wants free in front of each packet (room for a
+    /// header the device writes itself). None by default.
+    fn headroom(&self) -> usize {
+        0
+    }
+    /// Writes a batch of IP packets, each in its own buffer after [`Device::headroom`] bytes.
+    /// The engine collects what it decrypts in one wake-up and hands it over at once, so a
+    /// device can merge segments of one flow (GRO) and write them together; it may change the
+    /// buffers as it likes. A packet the device refuses must not stop the others. The default
+    /// writes each with [`Device::send`] and returns the last error.
+    fn send_batch(&self, packets: &mut [Vec<u8>]) -> impl Future<Output = io::Result<()>> + Send {
+        async move {
+            let skip = self.headroom();
+            let mut err = None;
+            for p in packets.iter() {
+                if let Err(e) = self.send(p.get(skip..).unwrap_or_default()).await {
+                    err = Some(e);
+                }
+            }
+            err.map_or(Ok(()), Err)
+        }
+    }
+}
+
+/// Decrypted packets waiting to be written to the device together ([`Device::send_batch`]).
+struct TunBatch {
+    /// The batch: each buffer holds `headroom` bytes, then one packet.
+    bufs: Vec<Vec<u8>>,
+    /// Emptied buffers, reused.
+    spare: Vec<Vec<u8>>,
+    headroom: usize,
+}
+
+impl TunBatch {
+    /// Buffers that grew past this (a device merged a flow into them) are kept only up to
+    /// [`TunBatch::KEEP_LARGE`] of them, so a burst does not pin 64 KiB per slot.
+    const SMALL: usize = 4096;
+    const KEEP_LARGE: usize = 4;
+
+    fn new(headroom: usize) -> Self {
+        TunBatch {
+            bufs: Vec::with_capacity(BATCH),
+            spare: Vec::new(),
+            headroom,
+        }
+    }
+
+    fn push(&mut self, packet: &[u8]) {
+        let mut b = self.spare.pop().unwrap_or_default();
+        b.clear();
+        b.resize(self.headroom, 0);
+        b.extend_from_slice(packet);
+        self.bufs.push(b);
+    }
+
+    fn full(&self) -> bool {
+        self.bufs.len() >= BATCH
+    }
+
+    /// Takes the written buffers back for reuse.
+    fn recycle(&mut self) {
+        let mut large = self
+            .spare
+            .iter()
+            .filter(|b| b.capacity() > Self::SMALL)
+            .count();
+        for b in self.bufs.drain(..) {
+            if b.capacity() > Self::SMALL {
+                if large >= Self::KEEP_LARGE {
+                    continue;
+                }
+                large += 1;
+            }
+            self.spare.push(b);
+        }
+    }
 }
 
 /// Polls `f` once, with a waker that does nothing: its output if it is ready at once. The
@@ -320,7 +396,9 @@ pub async fn spawn<D: Device, H: Hooks>(
     let (local_tx, local_rx) = watch::channel(LocalInfo::default());
     let (derp_tx, derp_rx) = mpsc::channel(DERP_QUEUE);
     let node_key = config.private_key.public();
+    let tun_out = TunBatch::new(device.headroom());
     let mut engine = Engine {
+        tun_out,
         device,
         hooks,
         peers: Peers::new(EngineConfig {
@@ -515,6 +593,8 @@ struct Engine<D, H> {
     /// The configured peers' keys, in configuration order.
     peer_keys: Vec<NodePublic>,
     out: Vec<u8>,
+    /// Decrypted packets on their way to the device.
+    tun_out: TunBatch,
     /// Datagrams to one address waiting to leave in one `sendmsg` (see [`Train`]).
     train: Train,
     /// Whether the kernel takes UDP segmentation offload; off after the first refusal.
@@ -619,6 +699,7 @@ impl<D: Device, H: Hooks> Engine<D, H> {
                 Wake::Timer => {}
             }
             self.drain(&mut tun_buf, &mut udp_buf, &mut udp6_buf).await;
+            self.flush_tun().await;
             self.timers().await;
             self.flush_disco().await;
             self.flush_train().await;
@@ -701,10 +782,11 @@ impl<D: Device, H: Hooks> Engine<D, H> {
             },
             Command::Hooks(f) => f(&mut self.hooks),
             Command::Inject(p) => self.send_to_peer(&p).await,
-            Command::InjectInbound(p) => match self.device.send(&p).await {
-                Ok(_) => self.counters.tun_tx += 1,
-                Err(e) => tracing::debug!("TUN write of an injected packet: {e}"),
-            },
+            Command::InjectInbound(p) => {
+                if !p.is_empty() {
+                    self.queue_for_tun(&p).await;
+                }
+            }
         }
     }
 
@@ -997,6 +1079,28 @@ impl<D: Device, H: Hooks> Engine<D, H> {
         self.out = out;
     }
 
+    /// Queues a packet for the device; the batch is written when full and at the end of
+    /// each wake-up ([`Engine::flush_tun`]).
+    async fn queue_for_tun(&mut self, packet: &[u8]) {
+        self.tun_out.push(packet);
+        if self.tun_out.full() {
+            self.flush_tun().await;
+        }
+    }
+
+    /// Writes the queued packets to the device in one batch.
+    async fn flush_tun(&mut self) {
+        let n = self.tun_out.bufs.len() as u64;
+        if n == 0 {
+            return;
+        }
+        match self.device.send_batch(&mut self.tun_out.bufs).await {
+            Ok(()) => self.counters.tun_tx += n,
+            Err(e) => tracing::debug!("TUN write: {e}"),
+        }
+        self.tun_out.recycle();
+    }
+
     async fn udp_in(&mut self, src: SocketAddr, data: &[u8]) {
         let now = Instant::now();
         match disco::classify(data) {
@@ -1040,10 +1144,7 @@ impl<D: Device, H: Hooks> Engine<D, H> {
             Ok(Decapsulated::Packet { packet: [], .. }) => {}
             Ok(Decapsulated::Packet { peer, packet }) => {
                 if self.hooks.inbound(&peer, packet, now) {
-                    match self.device.send(packet).await {
-                        Ok(_) => self.counters.tun_tx += 1,
-                        Err(e) => tracing::debug!("TUN write: {e}"),
-                    }
+                    self.queue_for_tun(packet).await;
                 } else {
                     self.counters.inbound_filtered += 1;
                 }

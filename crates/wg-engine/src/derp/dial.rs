@@ -75,6 +75,9 @@ pub struct DialOptions {
     /// `TS_DEBUG_USE_DERP_HTTP=1`, for test setups only. Ignored by URLs, whose scheme
     /// decides.
     pub use_http: bool,
+    /// `SO_MARK` for the TCP connections (0: none), so that with an exit node's default
+    /// route in the node's own routing table DERP still leaves by the ordinary route.
+    pub socket_mark: u32,
 }
 
 impl DialOptions {
@@ -102,6 +105,12 @@ impl DialOptions {
     /// Plain HTTP (`true`) or TLS (`false`).
     pub fn with_use_http(mut self, use_http: bool) -> Self {
         self.use_http = use_http;
+        self
+    }
+
+    /// This `SO_MARK` on every connection (needs `CAP_NET_ADMIN`).
+    pub fn with_socket_mark(mut self, mark: u32) -> Self {
+        self.socket_mark = mark;
         self
     }
 }
@@ -148,6 +157,7 @@ pub async fn connect_region(
             label: &label,
             ideal,
             use_http: opts.use_http,
+            mark: opts.socket_mark,
         };
         match attempt
             .connect(private.clone(), config.clone(), &mut roots)
@@ -199,6 +209,7 @@ struct NodeAttempt<'a> {
     /// `Ideal-Node`: the region's first node when this is not it.
     ideal: Option<&'a str>,
     use_http: bool,
+    mark: u32,
 }
 
 impl NodeAttempt<'_> {
@@ -220,7 +231,7 @@ impl NodeAttempt<'_> {
         };
         let limit = config.handshake_timeout;
         let attempt = async {
-            let tcp = dial_tcp(&plan.targets, DIAL_NODE_TIMEOUT.min(limit)).await?;
+            let tcp = dial_tcp(&plan.targets, DIAL_NODE_TIMEOUT.min(limit), self.mark).await?;
             let peer = tcp.peer_addr().map_err(|source| ClientError::Io {
                 addr: self.label.to_owned(),
                 source,
@@ -423,10 +434,14 @@ fn plan_tls(node: &DerpNode) -> Result<TlsPlan, String> {
 }
 
 /// Opens the first TCP connection among `targets`, racing them, within `limit`.
-async fn dial_tcp(targets: &[Target], limit: Duration) -> Result<TcpStream, ClientError> {
+async fn dial_tcp(
+    targets: &[Target],
+    limit: Duration,
+    mark: u32,
+) -> Result<TcpStream, ClientError> {
     let mut set = JoinSet::new();
     for t in targets {
-        set.spawn(dial_target(t.clone()));
+        set.spawn(dial_target(t.clone(), mark));
     }
     let deadline = tokio::time::Instant::now() + limit;
     let mut errors = Vec::new();
@@ -458,9 +473,24 @@ async fn dial_tcp(targets: &[Target], limit: Duration) -> Result<TcpStream, Clie
     })
 }
 
-async fn dial_target(target: Target) -> Result<TcpStream, String> {
+/// A TCP connection to `a`, its socket marked with `mark` first when that is not 0.
+pub(crate) async fn connect_marked(a: SocketAddr, mark: u32) -> std::io::Result<TcpStream> {
+    let sock = if a.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    if mark != 0 {
+        socket2::SockRef::from(&sock).set_mark(mark)?;
+    }
+    sock.connect(a).await
+}
+
+async fn dial_target(target: Target, mark: u32) -> Result<TcpStream, String> {
     match target {
-        Target::Addr(a) => TcpStream::connect(a).await.map_err(|e| format!("{a}: {e}")),
+        Target::Addr(a) => connect_marked(a, mark)
+            .await
+            .map_err(|e| format!("{a}: {e}")),
         Target::Resolve { host, port, v6 } => {
             let family = if v6 { 6 } else { 4 };
             let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), port))
@@ -473,7 +503,7 @@ async fn dial_target(target: Target) -> Result<TcpStream, String> {
             }
             let mut errors = Vec::new();
             for a in addrs {
-                match TcpStream::connect(a).await {
+                match connect_marked(a, mark).await {
                     Ok(s) => return Ok(s),
                     Err(e) => errors.push(format!("{a}: {e}")),
                 }
