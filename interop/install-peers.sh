@@ -81,7 +81,11 @@ go_mod_go() {
 # ---------------------------------------------------------------- Debian packages
 install_debs() {
     [ "${TAILROUTER_SKIP_APT:-0}" = 1 ] && { log "TAILROUTER_SKIP_APT=1: not checking Debian packages"; return 0; }
-    local required="iproute2 iputils-ping iperf3 dnsutils dnsmasq-base curl jq openssl wireguard-go wireguard-tools"
+    # miniupnpd-nftables is the port-mapping test's gateway: the daemon binary alone. Not the
+    # `miniupnpd` package, whose postinst asks debconf questions and starts a system service;
+    # nothing here runs outside the rig's namespaces. nftables gives it a firewall to edit
+    # and the test its `nft`.
+    local required="iproute2 iputils-ping iperf3 dnsutils dnsmasq-base curl jq openssl wireguard-go wireguard-tools miniupnpd-nftables nftables"
     local optional="sqlite3 dnsperf"
     local missing_req="" missing_opt="" p
     for p in $required; do

@@ -259,6 +259,18 @@ pub fn run(root: &Path, args: &[String]) -> Result<(), String> {
                 // The harness runs target/debug/tailrouter: build it with every tag (the
                 // no-tags test step may have left a build without the CLI there).
                 cargo_step(root, &["build", "--package", "tailrouter", "--locked"])?;
+                // The port-mapping test drives the portmapper crate through its example.
+                cargo_step(
+                    root,
+                    &[
+                        "build",
+                        "--package",
+                        "portmapper",
+                        "--example",
+                        "portmap",
+                        "--locked",
+                    ],
+                )?;
                 cargo_step(root, &["test", "--package", "interop", "--locked"])
             }),
         ),
