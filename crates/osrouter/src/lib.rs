@@ -7,14 +7,30 @@
 //! It speaks netlink and firewall back-ends and knows nothing of Tailscale's protocols.
 //!
 //! Status (issue 6): [`Router`] sets addresses, routes and policy rules the way Go's Linux
-//! router does, over a NETLINK_ROUTE socket spoken by hand (no netlink crate, no `ip` binary).
-//! SNAT, forwarding and the netfilter back-ends are to come.
+//! router does, over a NETLINK_ROUTE socket spoken by hand (no netlink crate, no `ip` binary),
+//! and, once given a [`NetfilterConfig`] ([`Router::set_netfilter`]), Go's forwarding, SNAT
+//! and input rules through nftables (netlink again, no `nft` binary), iptables or nothing
+//! ([`netfilter`]). [`forwarding`] checks and turns on IP forwarding. docs/osrouter.md has
+//! the modes, the exact rules and what the tests prove.
+//!
+//! For the daemon:
+//!
+//! ```text
+//! Router::new(tun)                      once the TUN device is up
+//! router.set_netfilter(&NetfilterConfig { mode, backend, snat_subnet_routes,
+//!                      stateful_filtering, magicsock_port, ipv6 })   at start and on change
+//! router.set(&RouterConfig { addresses, routes, local_routes })     on every netmap change
+//! forwarding::check_ip_forwarding(&advertised_routes)               -> warnings to show
+//! router.close()                                                    on shutdown
+//! ```
 //!
 //! What [`Router::set`] installs, for a TUN device `tailscale0`:
 //!
 //! * each self address as given (the netmap's `/32` and `/128`) on the device;
 //! * each route (peers, accepted subnets, an exit node's `0.0.0.0/0` and `::/0`, quad-100)
 //!   in table [`TABLE`] (52) through the device, host bits cleared;
+//! * each local route as a `throw` route in table 52 (the router's own LANs while an exit
+//!   node is in use), so lookups for it fall through to the main table;
 //! * once, for IPv4 and for IPv6, Go's four policy rules (base preference 5200):
 //!
 //! ```text
@@ -38,9 +54,36 @@ use std::io;
 use tailcfg::IpPrefix;
 use tracing::warn;
 
+pub mod forwarding;
+pub mod ifaddrs;
+mod iptables;
+pub mod netfilter;
 mod netlink;
+mod nftables;
 
+pub use netfilter::{
+    ActiveBackend, IptablesFlavor, Netfilter, NetfilterBackend, NetfilterConfig, NetfilterMode,
+};
 use netlink::{Action, NlError, Rule};
+
+/// For the fuzz targets only (`fuzz/fuzz_targets/nft_batch_replies.rs`): the readers of kernel
+/// replies. Not a stable API.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::nftables::{BatchOutcome, BatchReplies};
+
+    /// Runs the rtnetlink acknowledgement reader on `data` for sequence number `seq`; `true`
+    /// when it found an answer (acknowledgement or refusal) for it.
+    pub fn route_reply(data: &[u8], seq: u32) -> Result<bool, &'static str> {
+        crate::netlink::parse_reply(data, seq).map(|r| r != crate::netlink::Reply::NotOurs)
+    }
+
+    /// Runs the reader of every answer in a datagram; the (sequence number, errno) of each.
+    pub fn acks(data: &[u8]) -> Result<Vec<(u32, i32)>, &'static str> {
+        let acks = crate::netlink::parse_acks(data)?;
+        Ok(acks.into_iter().map(|a| (a.seq, a.errno)).collect())
+    }
+}
 
 /// Tailscale's routing table on Linux (the keys above "T" and "S" on a qwerty keyboard).
 pub const TABLE: u32 = 52;
@@ -74,6 +117,14 @@ const GONE: [i32; 4] = [ENOENT, ESRCH, EADDRNOTAVAIL, ENODEV];
 /// kin) or `disable_ipv6` on the device (EACCES).
 const NO_V6: [i32; 4] = [EAFNOSUPPORT, EPROTONOSUPPORT, EOPNOTSUPP, EACCES];
 
+/// What one change in [`Router::set`] is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Addr,
+    Route,
+    Throw,
+}
+
 /// What the OS should look like, computed by the daemon core from the netmap and prefs.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RouterConfig {
@@ -81,6 +132,10 @@ pub struct RouterConfig {
     pub addresses: Vec<IpPrefix>,
     /// Prefixes routed into the TUN device through table 52.
     pub routes: Vec<IpPrefix>,
+    /// Prefixes kept out of the tunnel: `throw` routes in table 52, so lookups for them go on
+    /// to the main table. For the LANs a router serves while an exit node's default route is
+    /// in table 52. A prefix given here and in `routes` is thrown, not routed.
+    pub local_routes: Vec<IpPrefix>,
 }
 
 /// Why a change to the OS failed.
@@ -112,6 +167,35 @@ pub enum Error {
         op: String,
         /// What was wrong with the reply.
         what: &'static str,
+    },
+    /// A firewall command (`iptables`, `ip6tables`) could not be run: not installed, or it
+    /// hung (10 s).
+    #[error("running {command}: {source}")]
+    Command {
+        /// The command line.
+        command: String,
+        /// Why it could not run (NotFound: no such binary).
+        source: io::Error,
+    },
+    /// A firewall command ran and failed.
+    #[error("{command}: exit status {status}: {stderr}")]
+    CommandFailed {
+        /// The command line.
+        command: String,
+        /// Its exit status.
+        status: String,
+        /// What it said.
+        stderr: String,
+    },
+    /// A kernel setting (`/proc/sys`) could not be written.
+    #[error("setting {key}=1: {source}. {hint}")]
+    Sysctl {
+        /// The setting, e.g. `net.ipv4.ip_forward`.
+        key: String,
+        /// Why it could not be written (EROFS: a read-only `/proc/sys`).
+        source: io::Error,
+        /// What to do instead.
+        hint: String,
     },
 }
 
@@ -184,9 +268,13 @@ pub struct Router {
     nl: netlink::Socket,
     addrs: BTreeSet<IpPrefix>,
     routes: BTreeSet<IpPrefix>,
+    throws: BTreeSet<IpPrefix>,
     /// Whether the rules of [IPv4, IPv6] may be installed (so are removed on close).
     rules: [bool; 2],
     v6_off: bool,
+    /// The firewall rules, and their settings once [`Router::set_netfilter`] gave them.
+    netfilter: Netfilter,
+    nf_cfg: Option<NetfilterConfig>,
 }
 
 impl Router {
@@ -207,8 +295,11 @@ impl Router {
             nl,
             addrs: BTreeSet::new(),
             routes: BTreeSet::new(),
+            throws: BTreeSet::new(),
             rules: [false; 2],
             v6_off: false,
+            netfilter: Netfilter::new(ifname),
+            nf_cfg: None,
         })
     }
 
@@ -222,11 +313,35 @@ impl Router {
         self.v6_off
     }
 
+    /// The firewall back-end in use: `None` until [`Router::set_netfilter`] needed one.
+    pub fn netfilter_backend(&self) -> Option<ActiveBackend> {
+        self.netfilter.active()
+    }
+
+    /// Sets the firewall settings and applies them at once (with the addresses set so far;
+    /// every later [`Router::set`] keeps the rules in step with the addresses). Until this is
+    /// called the router touches no firewall rules at all. Calling it again with other
+    /// settings converges: the firewall then holds exactly the new rules.
+    ///
+    /// The first call replaces whatever a run that did not close (a crash) left in our table
+    /// or chains. With `NetfilterBackend::Auto` and no usable back-end this logs a warning and
+    /// succeeds, installing nothing ([`Router::netfilter_backend`] says `ActiveBackend::None`).
+    pub fn set_netfilter(&mut self, cfg: &NetfilterConfig) -> Result<(), Error> {
+        self.nf_cfg = Some(*cfg);
+        let addrs = self.own_addrs();
+        self.netfilter.set(cfg, &addrs)
+    }
+
+    fn own_addrs(&self) -> Vec<std::net::IpAddr> {
+        self.addrs.iter().map(|p| p.addr()).collect()
+    }
+
     /// Makes the OS match `cfg`: installs the policy rules the first time, adds what is new,
     /// then removes what is gone (adding first, as Go does, so the device never passes through
     /// an empty state). Every change is attempted; the first failure is returned and the others
     /// are logged. Changes already made, including ones that race with others (EEXIST on add,
-    /// ENOENT or ESRCH on delete), count as done.
+    /// ENOENT or ESRCH on delete), count as done. Once [`Router::set_netfilter`] was called,
+    /// the firewall's loopback rules follow the addresses (rewritten only when they change).
     pub fn set(&mut self, cfg: &RouterConfig) -> Result<(), Error> {
         let mut errs = First::default();
         for v6 in [false, true] {
@@ -235,28 +350,71 @@ impl Router {
             }
         }
         let addrs: BTreeSet<IpPrefix> = cfg.addresses.iter().copied().collect();
-        let routes: BTreeSet<IpPrefix> = cfg.routes.iter().map(|p| netlink::masked(*p)).collect();
-        // (is a route, add, prefix): new addresses, new routes, old routes, old addresses.
-        let plan: Vec<(bool, bool, IpPrefix)> = (addrs.difference(&self.addrs))
-            .map(|p| (false, true, *p))
-            .chain(routes.difference(&self.routes).map(|p| (true, true, *p)))
-            .chain(self.routes.difference(&routes).map(|p| (true, false, *p)))
-            .chain(self.addrs.difference(&addrs).map(|p| (false, false, *p)))
+        let throws: BTreeSet<IpPrefix> = cfg
+            .local_routes
+            .iter()
+            .map(|p| netlink::masked(*p))
             .collect();
-        for (route, add, p) in plan {
-            errs.keep(self.change(route, add, p));
+        let routes: BTreeSet<IpPrefix> = cfg
+            .routes
+            .iter()
+            .map(|p| netlink::masked(*p))
+            .filter(|p| !throws.contains(p))
+            .collect();
+        // New addresses, new routes and throws, old throws and routes, old addresses. A
+        // prefix that turns from route to throw (or back) is replaced by the addition, so it
+        // is not deleted after it.
+        let plan: Vec<(Kind, bool, IpPrefix)> = (addrs.difference(&self.addrs))
+            .map(|p| (Kind::Addr, true, *p))
+            .chain(
+                routes
+                    .difference(&self.routes)
+                    .map(|p| (Kind::Route, true, *p)),
+            )
+            .chain(
+                throws
+                    .difference(&self.throws)
+                    .map(|p| (Kind::Throw, true, *p)),
+            )
+            .chain(
+                (self.throws.difference(&throws))
+                    .filter(|p| !routes.contains(p))
+                    .map(|p| (Kind::Throw, false, *p)),
+            )
+            .chain(
+                (self.routes.difference(&routes))
+                    .filter(|p| !throws.contains(p))
+                    .map(|p| (Kind::Route, false, *p)),
+            )
+            .chain(
+                self.addrs
+                    .difference(&addrs)
+                    .map(|p| (Kind::Addr, false, *p)),
+            )
+            .collect();
+        for (kind, add, p) in plan {
+            errs.keep(self.change(kind, add, p));
+        }
+        // Replaced ones: recorded under their new kind only.
+        self.routes.retain(|p| !throws.contains(p));
+        self.throws.retain(|p| !routes.contains(p));
+        if let Some(nf) = self.nf_cfg {
+            let addrs = self.own_addrs();
+            errs.keep(self.netfilter.set(&nf, &addrs));
         }
         errs.result()
     }
 
-    /// Removes everything this router added: the rules first (so nothing is steered into a
-    /// half-emptied table 52), then the routes, then the addresses.
+    /// Removes everything this router added: the policy rules first (so nothing is steered
+    /// into a half-emptied table 52), then the firewall rules, the routes and the addresses.
     pub fn close(mut self) -> Result<(), Error> {
         let r = self.teardown();
         // Whatever could not be removed was reported; the drop that follows does not retry.
         self.rules = [false; 2];
         self.routes.clear();
+        self.throws.clear();
         self.addrs.clear();
+        self.nf_cfg = None;
         r
     }
 
@@ -275,11 +433,15 @@ impl Router {
             }
             self.rules[usize::from(v6)] = !all;
         }
+        errs.keep(self.netfilter.remove_installed());
+        for p in self.throws.clone() {
+            errs.keep(self.change(Kind::Throw, false, p));
+        }
         for p in self.routes.clone() {
-            errs.keep(self.change(true, false, p));
+            errs.keep(self.change(Kind::Route, false, p));
         }
         for p in self.addrs.clone() {
-            errs.keep(self.change(false, false, p));
+            errs.keep(self.change(Kind::Addr, false, p));
         }
         errs.result()
     }
@@ -302,21 +464,28 @@ impl Router {
         Ok(())
     }
 
-    /// Adds or removes one address (`route` false) or route, and records the outcome.
-    fn change(&mut self, route: bool, add: bool, p: IpPrefix) -> Result<(), Error> {
-        let (what, msg) = if route {
-            let what = format!("route {p} dev {} table {TABLE}", self.ifname);
-            (what, netlink::route_msg(add, self.ifindex, p, TABLE))
-        } else {
-            let what = format!("address {p} on {}", self.ifname);
-            (what, netlink::addr_msg(add, self.ifindex, p))
+    /// Adds or removes one address, route or throw route, and records the outcome.
+    fn change(&mut self, kind: Kind, add: bool, p: IpPrefix) -> Result<(), Error> {
+        let (what, msg) = match kind {
+            Kind::Route => (
+                format!("route {p} dev {} table {TABLE}", self.ifname),
+                netlink::route_msg(add, self.ifindex, p, TABLE),
+            ),
+            Kind::Throw => (
+                format!("route throw {p} table {TABLE}"),
+                netlink::throw_msg(add, p, TABLE),
+            ),
+            Kind::Addr => (
+                format!("address {p} on {}", self.ifname),
+                netlink::addr_msg(add, self.ifindex, p),
+            ),
         };
         let op = format!("{} {what}", verb(add));
         if self.apply(add, p.addr().is_ipv6(), msg, op)? {
-            let set = if route {
-                &mut self.routes
-            } else {
-                &mut self.addrs
+            let set = match kind {
+                Kind::Route => &mut self.routes,
+                Kind::Throw => &mut self.throws,
+                Kind::Addr => &mut self.addrs,
             };
             if add {
                 set.insert(p);

@@ -1,6 +1,9 @@
 //! rtnetlink by hand: the few requests the router sends (addresses, routes, policy rules) and a
 //! defensive reader for the kernel's acknowledgements. Netlink integers are host-endian;
 //! addresses travel in network order. Nothing here panics on any reply.
+//!
+//! The socket also speaks NETLINK_NETFILTER for `nftables.rs`, which builds its own messages
+//! and sends them as one batch; [`parse_acks`] reads the answers to every message of a batch.
 
 // The system calls (socket, setsockopt, sendto, recvfrom, if_nametoindex) are the only unsafe
 // code in the crate; each block says why it is sound.
@@ -14,7 +17,7 @@ use std::time::{Duration, Instant};
 use tailcfg::IpPrefix;
 
 // Kernel ABI numbers (linux/netlink.h, linux/rtnetlink.h, linux/if_addr.h, linux/fib_rules.h).
-const HDR: usize = 16;
+pub(crate) const HDR: usize = 16;
 const NLMSG_ERROR: u16 = 2;
 const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_ACK: u16 = 0x4;
@@ -43,13 +46,14 @@ const FR_ACT_TO_TBL: u8 = 1;
 const FR_ACT_UNREACHABLE: u8 = 7;
 const RTPROT_BOOT: u8 = 3;
 const RTN_UNICAST: u8 = 1;
+const RTN_THROW: u8 = 9;
 const RT_SCOPE_UNIVERSE: u8 = 0;
 const RT_SCOPE_NOWHERE: u8 = 255;
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 
 /// How long one request may wait for its acknowledgement.
-const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What a policy rule does once it matches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -123,7 +127,7 @@ pub(crate) fn masked(p: IpPrefix) -> IpPrefix {
     IpPrefix::new(addr, p.bits()).unwrap_or(p)
 }
 
-fn pad(m: &mut Vec<u8>) {
+pub(crate) fn pad(m: &mut Vec<u8>) {
     m.resize(m.len().next_multiple_of(4), 0);
 }
 
@@ -139,7 +143,7 @@ fn message(ty: u16, flags: u16, body: &[u8]) -> Vec<u8> {
     m
 }
 
-fn attr(m: &mut Vec<u8>, ty: u16, data: &[u8]) {
+pub(crate) fn attr(m: &mut Vec<u8>, ty: u16, data: &[u8]) {
     let len = u16::try_from(4 + data.len()).unwrap_or(u16::MAX);
     m.extend_from_slice(&len.to_ne_bytes());
     m.extend_from_slice(&ty.to_ne_bytes());
@@ -199,6 +203,44 @@ pub(crate) fn route_msg(add: bool, ifindex: u32, p: IpPrefix, table: u32) -> Vec
     m
 }
 
+/// RTM_NEWROUTE or RTM_DELROUTE of a `throw` route for `p` (masked) in `table`: a lookup
+/// that matches it leaves the table and goes on with the next rule (the main table), as
+/// `ip route add throw P table T` does. No device.
+pub(crate) fn throw_msg(add: bool, p: IpPrefix, table: u32) -> Vec<u8> {
+    let p = masked(p);
+    let (ty, flags) = if add {
+        (RTM_NEWROUTE, NLM_F_CREATE | NLM_F_REPLACE)
+    } else {
+        (RTM_DELROUTE, 0)
+    };
+    let (proto, scope) = if add {
+        (RTPROT_BOOT, RT_SCOPE_UNIVERSE)
+    } else {
+        (0, RT_SCOPE_NOWHERE)
+    };
+    let t8 = u8::try_from(table).unwrap_or(0);
+    let body = [
+        family(p.addr()),
+        p.bits(),
+        0,
+        0,
+        t8,
+        proto,
+        scope,
+        RTN_THROW,
+        0,
+        0,
+        0,
+        0,
+    ];
+    let mut m = message(ty, flags, &body);
+    if p.bits() > 0 {
+        attr(&mut m, RTA_DST, &octets(p.addr()));
+    }
+    attr(&mut m, RTA_TABLE, &table.to_ne_bytes());
+    m
+}
+
 /// RTM_NEWRULE (exclusive, so a duplicate is EEXIST) or RTM_DELRULE. A delete names the
 /// preference and the action only, not the mark, so it also clears a rule left at our
 /// preference by an earlier run with other marks (Go deletes the same way).
@@ -228,12 +270,16 @@ pub(crate) fn rule_msg(add: bool, v6: bool, r: &Rule) -> Vec<u8> {
     m
 }
 
-fn u16_at(b: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_ne_bytes(b.get(at..at + 2)?.try_into().ok()?))
+pub(crate) fn u16_at(b: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_ne_bytes(
+        b.get(at..at.checked_add(2)?)?.try_into().ok()?,
+    ))
 }
 
-fn u32_at(b: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_ne_bytes(b.get(at..at + 4)?.try_into().ok()?))
+pub(crate) fn u32_at(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_ne_bytes(
+        b.get(at..at.checked_add(4)?)?.try_into().ok()?,
+    ))
 }
 
 /// Reads one datagram from the kernel: every message in it is checked for a sane length, and
@@ -263,6 +309,47 @@ pub(crate) fn parse_reply(mut buf: &[u8], seq: u32) -> Result<Reply, &'static st
     Ok(Reply::NotOurs)
 }
 
+/// One answer in a datagram: the sequence number it answers, 0 for an acknowledgement or the
+/// (positive) errno of a refusal, and the kernel's own words when it gave them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Ack {
+    pub(crate) seq: u32,
+    pub(crate) errno: i32,
+    pub(crate) msg: Option<String>,
+}
+
+/// Reads one datagram from the kernel and returns every NLMSG_ERROR in it (acknowledgements
+/// and refusals, whatever their sequence number), in order. Other messages are skipped. Every
+/// length is checked as in [`parse_reply`]; a datagram that lies about one is an error.
+pub(crate) fn parse_acks(mut buf: &[u8]) -> Result<Vec<Ack>, &'static str> {
+    let mut out = Vec::new();
+    while !buf.is_empty() {
+        let len = u32_at(buf, 0).ok_or("truncated message header")? as usize;
+        let (ty, flags) = (u16_at(buf, 4), u16_at(buf, 6));
+        let (Some(ty), Some(flags), Some(seq)) = (ty, flags, u32_at(buf, 8)) else {
+            return Err("truncated message header");
+        };
+        let body = buf.get(HDR..len).filter(|_| len >= HDR);
+        let body = body.ok_or("message length out of bounds")?;
+        if ty == NLMSG_ERROR {
+            let code = u32_at(body, 0).ok_or("truncated error message")? as i32;
+            let errno = match code {
+                0 => 0,
+                c if c < 0 && c > -4096 => -c,
+                _ => return Err("error code out of range"),
+            };
+            let msg = if errno == 0 {
+                None
+            } else {
+                ext_ack_msg(body, flags)
+            };
+            out.push(Ack { seq, errno, msg });
+        }
+        buf = buf.get(len.next_multiple_of(4)..).unwrap_or(&[]);
+    }
+    Ok(out)
+}
+
 /// The kernel's own explanation (NLMSGERR_ATTR_MSG) in an NLMSG_ERROR body, if present.
 fn ext_ack_msg(body: &[u8], flags: u16) -> Option<String> {
     if flags & NLM_F_ACK_TLVS == 0 {
@@ -274,8 +361,10 @@ fn ext_ack_msg(body: &[u8], flags: u16) -> Option<String> {
     } else {
         u32_at(body, 4)? as usize
     };
-    let mut at = 4usize.checked_add(echoed)?.next_multiple_of(4);
-    while let (Some(len), Some(ty)) = (u16_at(body, at), u16_at(body, at + 2)) {
+    // Checked throughout: `echoed` comes from the datagram, and usize is 32 bits on many
+    // routers.
+    let mut at = 4usize.checked_add(echoed)?.checked_next_multiple_of(4)?;
+    while let (Some(len), Some(ty)) = (u16_at(body, at), u16_at(body, at.checked_add(2)?)) {
         let len = usize::from(len);
         let data = body
             .get(at + 4..at.checked_add(len)?)
@@ -284,7 +373,7 @@ fn ext_ack_msg(body: &[u8], flags: u16) -> Option<String> {
             let text = data.split(|&b| b == 0).next().unwrap_or(&[]);
             return Some(String::from_utf8_lossy(text).into_owned()).filter(|s| !s.is_empty());
         }
-        at += len.next_multiple_of(4);
+        at = at.checked_add(len.next_multiple_of(4))?;
     }
     None
 }
@@ -335,11 +424,21 @@ fn setsockopt<T>(fd: &OwnedFd, level: i32, name: i32, val: &T) -> io::Result<()>
 }
 
 impl Socket {
-    /// Opens the socket (in the calling thread's network namespace).
+    /// Opens a NETLINK_ROUTE socket (in the calling thread's network namespace).
     pub(crate) fn open() -> io::Result<Self> {
+        Self::open_protocol(libc::NETLINK_ROUTE)
+    }
+
+    /// Opens a NETLINK_NETFILTER socket (nf_tables), in the calling thread's namespace.
+    /// EPROTONOSUPPORT: the kernel has no nfnetlink.
+    pub(crate) fn open_netfilter() -> io::Result<Self> {
+        Self::open_protocol(libc::NETLINK_NETFILTER)
+    }
+
+    fn open_protocol(protocol: i32) -> io::Result<Self> {
         let (domain, ty) = (libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC);
         // SAFETY: socket(2) takes no pointers; the result is checked before use.
-        let raw = unsafe { libc::socket(domain, ty, libc::NETLINK_ROUTE) };
+        let raw = unsafe { libc::socket(domain, ty, protocol) };
         if raw < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -358,59 +457,91 @@ impl Socket {
         Ok(Self { fd, seq: 0, buf })
     }
 
-    /// Sends `msg` (from the builders above) and waits for the kernel's answer to it.
-    pub(crate) fn request(&mut self, mut msg: Vec<u8>) -> Result<(), NlError> {
-        self.seq = self.seq.wrapping_add(1);
-        let len = u32::try_from(msg.len()).map_err(|_| NlError::Malformed("request too long"))?;
-        if let Some(h) = msg.get_mut(..12) {
-            h[..4].copy_from_slice(&len.to_ne_bytes());
-            h[8..].copy_from_slice(&self.seq.to_ne_bytes());
-        }
+    /// The next sequence number (never 0, so a reply with 0 is never taken for ours).
+    pub(crate) fn next_seq(&mut self) -> u32 {
+        self.seq = self.seq.wrapping_add(1).max(1);
+        self.seq
+    }
+
+    /// Sends one datagram to the kernel, as it is.
+    pub(crate) fn send(&self, data: &[u8]) -> Result<(), NlError> {
         let to = kernel_addr();
         let alen = std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t;
-        let fd = self.fd.as_raw_fd();
-        // SAFETY: `msg` and `to` are live for the call and their lengths are passed with them.
+        // SAFETY: `data` and `to` are live for the call and their lengths are passed with them.
         let n = unsafe {
             let to = (&to as *const libc::sockaddr_nl).cast();
-            libc::sendto(fd, msg.as_ptr().cast(), msg.len(), 0, to, alen)
+            libc::sendto(
+                self.fd.as_raw_fd(),
+                data.as_ptr().cast(),
+                data.len(),
+                0,
+                to,
+                alen,
+            )
         };
         if n < 0 {
             return Err(NlError::Io(io::Error::last_os_error()));
         }
+        Ok(())
+    }
+
+    /// Receives one datagram from the kernel; `Ok(None)` when none came within the socket's
+    /// 1 s timeout (or the call was interrupted), or the datagram was not from the kernel.
+    pub(crate) fn recv(&mut self) -> Result<Option<&[u8]>, NlError> {
+        let alen = std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t;
+        let mut from = kernel_addr();
+        let mut flen = alen;
+        // SAFETY: `buf` and `from` are live and writable for the lengths passed.
+        let n = unsafe {
+            let (b, blen) = (self.buf.as_mut_ptr().cast(), self.buf.len());
+            let f = (&mut from as *mut libc::sockaddr_nl).cast();
+            libc::recvfrom(self.fd.as_raw_fd(), b, blen, 0, f, &mut flen)
+        };
+        let Ok(n) = usize::try_from(n) else {
+            let e = io::Error::last_os_error();
+            return match e.kind() {
+                io::ErrorKind::Interrupted
+                | io::ErrorKind::WouldBlock
+                | io::ErrorKind::TimedOut => Ok(None),
+                _ => Err(NlError::Io(e)),
+            };
+        };
+        if from.nl_pid != 0 {
+            return Ok(None); // not from the kernel
+        }
+        Ok(Some(self.buf.get(..n).unwrap_or(&[])))
+    }
+
+    /// Sends `msg` (from the builders above) and waits for the kernel's answer to it.
+    pub(crate) fn request(&mut self, mut msg: Vec<u8>) -> Result<(), NlError> {
+        let seq = self.next_seq();
+        let len = u32::try_from(msg.len()).map_err(|_| NlError::Malformed("request too long"))?;
+        if let Some(h) = msg.get_mut(..12) {
+            h[..4].copy_from_slice(&len.to_ne_bytes());
+            h[8..].copy_from_slice(&seq.to_ne_bytes());
+        }
+        self.send(&msg)?;
         let deadline = Instant::now() + REPLY_TIMEOUT;
         while Instant::now() < deadline {
-            let mut from = kernel_addr();
-            let mut flen = alen;
-            // SAFETY: `buf` and `from` are live and writable for the lengths passed.
-            let n = unsafe {
-                let (b, blen) = (self.buf.as_mut_ptr().cast(), self.buf.len());
-                let f = (&mut from as *mut libc::sockaddr_nl).cast();
-                libc::recvfrom(fd, b, blen, 0, f, &mut flen)
+            let Some(data) = self.recv()? else {
+                continue;
             };
-            let Ok(n) = usize::try_from(n) else {
-                let e = io::Error::last_os_error();
-                match e.kind() {
-                    io::ErrorKind::Interrupted
-                    | io::ErrorKind::WouldBlock
-                    | io::ErrorKind::TimedOut => continue,
-                    _ => return Err(NlError::Io(e)),
-                }
-            };
-            if from.nl_pid != 0 {
-                continue; // not from the kernel
-            }
-            let data = self.buf.get(..n).unwrap_or(&[]);
-            match parse_reply(data, self.seq).map_err(NlError::Malformed)? {
+            match parse_reply(data, seq).map_err(NlError::Malformed)? {
                 Reply::NotOurs => continue,
                 Reply::Ack => return Ok(()),
                 Reply::Refused { errno, msg } => return Err(NlError::Kernel { errno, msg }),
             }
         }
-        Err(NlError::Io(io::Error::new(
-            io::ErrorKind::TimedOut,
-            "no netlink reply from the kernel within 5 s",
-        )))
+        Err(timed_out())
     }
+}
+
+/// The error for a kernel that did not answer within [`REPLY_TIMEOUT`].
+pub(crate) fn timed_out() -> NlError {
+    NlError::Io(io::Error::new(
+        io::ErrorKind::TimedOut,
+        "no netlink reply from the kernel within 5 s",
+    ))
 }
 
 #[cfg(test)]
