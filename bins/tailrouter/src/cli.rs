@@ -128,8 +128,8 @@ struct UpArgs {
     /// Offer to be an exit node for internet traffic
     #[arg(long = "advertise-exit-node", num_args = 0..=1, default_missing_value = "true", require_equals = true)]
     advertise_exit_node: Option<bool>,
-    /// Tailscale exit node (IP or stable ID) for internet traffic, or empty for none
-    #[arg(long = "exit-node", value_name = "IP|ID")]
+    /// Tailscale exit node (IP, name or stable ID) for internet traffic, or empty for none
+    #[arg(long = "exit-node", value_name = "IP|NAME|ID")]
     exit_node: Option<String>,
     /// Allow direct access to the local network when routing through an exit node
     #[arg(long = "exit-node-allow-lan-access", num_args = 0..=1, default_missing_value = "true", require_equals = true)]
@@ -137,6 +137,15 @@ struct UpArgs {
     /// Source-NAT traffic to local routes advertised with --advertise-routes
     #[arg(long = "snat-subnet-routes", num_args = 0..=1, default_missing_value = "true", require_equals = true)]
     snat_subnet_routes: Option<bool>,
+    /// How much of the firewall to manage: on, nodivert (chains only) or off
+    #[arg(long = "netfilter-mode", value_name = "MODE")]
+    netfilter_mode: Option<String>,
+    /// Firewall back-end: auto, nftables or iptables (tailrouter's; Go reads TS_DEBUG_FIREWALL_MODE)
+    #[arg(long = "netfilter-backend", value_name = "KIND")]
+    netfilter_backend: Option<String>,
+    /// Drop forwarded connections into the tailnet that no tailnet peer started
+    #[arg(long = "stateful-filtering", num_args = 0..=1, default_missing_value = "true", require_equals = true)]
+    stateful_filtering: Option<bool>,
     /// Block incoming connections
     #[arg(long = "shields-up", num_args = 0..=1, default_missing_value = "true", require_equals = true)]
     shields_up: Option<bool>,
@@ -576,6 +585,32 @@ fn up_prefs(cur: &Prefs, a: &UpArgs) -> Result<Prefs, String> {
     if let Some(v) = a.exit_node_allow_lan_access {
         p.exit_node_allow_lan_access = v;
     }
+    if let Some(m) = &a.netfilter_mode {
+        p.netfilter_mode = match m.as_str() {
+            "on" => 2,
+            "nodivert" => 1,
+            "off" => 0,
+            _ => {
+                return Err(format!(
+                    "--netfilter-mode: {m:?} is not one of on, nodivert, off"
+                ));
+            }
+        };
+    }
+    if let Some(k) = &a.netfilter_backend {
+        p.netfilter_kind = match k.as_str() {
+            "auto" | "" => String::new(),
+            "nftables" | "iptables" => k.clone(),
+            _ => {
+                return Err(format!(
+                    "--netfilter-backend: {k:?} is not one of auto, nftables, iptables"
+                ));
+            }
+        };
+    }
+    if let Some(v) = a.stateful_filtering {
+        p.no_stateful_filtering = Some(!v);
+    }
     let is_default_route = |r: &IpPrefix| r.bits == 0;
     if let Some(list) = &a.advertise_routes {
         let mut routes = Vec::new();
@@ -771,6 +806,42 @@ mod tests {
     }
 
     #[test]
+    fn firewall_and_exit_flags_map_to_prefs() {
+        let p = up_prefs(
+            &Prefs::default(),
+            &up(&[
+                "--netfilter-mode=nodivert",
+                "--netfilter-backend=iptables",
+                "--stateful-filtering",
+                "--exit-node=gw-exit",
+                "--exit-node-allow-lan-access",
+            ]),
+        )
+        .unwrap();
+        assert_eq!(p.netfilter_mode, 1);
+        assert_eq!(p.netfilter_kind, "iptables");
+        assert_eq!(p.no_stateful_filtering, Some(false));
+        assert_eq!(p.exit_node_id, "gw-exit");
+        assert!(p.exit_node_allow_lan_access);
+        let p = up_prefs(
+            &p,
+            &up(&[
+                "--netfilter-mode=off",
+                "--netfilter-backend=auto",
+                "--stateful-filtering=false",
+                "--exit-node=100.64.0.7",
+            ]),
+        )
+        .unwrap();
+        assert_eq!((p.netfilter_mode, p.netfilter_kind.as_str()), (0, ""));
+        assert_eq!(p.no_stateful_filtering, Some(true));
+        assert_eq!(p.exit_node_ip, Some("100.64.0.7".parse().unwrap()));
+        assert!(p.exit_node_id.is_empty());
+        let p = up_prefs(&p, &up(&["--exit-node="])).unwrap();
+        assert!(p.exit_node_ip.is_none() && p.exit_node_id.is_empty());
+    }
+
+    #[test]
     fn up_keeps_unmentioned_settings_unless_reset() {
         let cur = Prefs {
             hostname: "kept".into(),
@@ -789,6 +860,8 @@ mod tests {
     fn bad_up_flags_are_refused() {
         assert!(up_prefs(&Prefs::default(), &up(&["--advertise-routes=10.0.0.0"])).is_err());
         assert!(up_prefs(&Prefs::default(), &up(&["--advertise-tags=router"])).is_err());
+        assert!(up_prefs(&Prefs::default(), &up(&["--netfilter-mode=maybe"])).is_err());
+        assert!(up_prefs(&Prefs::default(), &up(&["--netfilter-backend=pf"])).is_err());
         assert!(parse_duration("10x").is_err());
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
     }

@@ -273,6 +273,8 @@ fn run(cfg: Config) -> Result<(), String> {
         tracing::info!("LocalAPI listening on {}", cfg.socket.display());
         // The server removes its socket when it returns.
         server.serve(backend, stop.wait()).await;
+        // The gateway's port mapping is released while the runtime still runs.
+        dataplane.stop_port_mapping().await;
         Ok::<(), String>(())
     })?;
     // Addresses, routes and rules added to the host are removed on the way out.

@@ -41,6 +41,10 @@ pub struct ConnectOptions {
     /// A PEM bundle to trust for TLS instead of `SSL_CERT_FILE` or the system bundle: a
     /// private CA (a self-hosted headscale), or tests.
     pub tls_roots: Option<std::path::PathBuf>,
+    /// `SO_MARK` for the TCP connections (0: none; setting one needs `CAP_NET_ADMIN`): the
+    /// router's bypass mark, so control is reached by the ordinary routes even while an exit
+    /// node's default route sits in the node's own table.
+    pub socket_mark: u32,
 }
 
 impl Default for ConnectOptions {
@@ -51,6 +55,7 @@ impl Default for ConnectOptions {
             map_watchdog: Duration::from_secs(120),
             limits: Limits::default(),
             tls_roots: None,
+            socket_mark: 0,
         }
     }
 }
@@ -93,8 +98,9 @@ async fn open(
     host: &str,
     port: u16,
     tls_cfg: Option<Arc<rustls::ClientConfig>>,
+    mark: u32,
 ) -> Result<Box<dyn Io>, Error> {
-    let tcp = TcpStream::connect(http1::dial_addr(host, port))
+    let tcp = connect_tcp(&http1::dial_addr(host, port), mark)
         .await
         .map_err(Error::io("connecting to control"))?;
     let _ = tcp.set_nodelay(true);
@@ -108,6 +114,28 @@ async fn open(
             Ok(Box::new(tls::connect(tcp, host, cfg).await?))
         }
     }
+}
+
+/// TCP to `host:port`, trying each address the name has in turn, each socket marked with
+/// `mark` (when not 0) before it connects.
+async fn connect_tcp(addr: &str, mark: u32) -> std::io::Result<TcpStream> {
+    if mark == 0 {
+        return TcpStream::connect(addr).await;
+    }
+    let mut last = None;
+    for a in tokio::net::lookup_host(addr).await? {
+        let sock = if a.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket2::SockRef::from(&sock).set_mark(mark)?;
+        match sock.connect(a).await {
+            Ok(s) => return Ok(s),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other(format!("{addr} has no address"))))
 }
 
 /// A byte stream to control: TCP or TLS over TCP.
@@ -138,15 +166,16 @@ async fn key_over(mut io: Box<dyn Io>, authority: &str) -> Result<MachinePublic,
 async fn fetch_key(
     u: &ControlUrl,
     tls_cfg: Option<Arc<rustls::ClientConfig>>,
+    mark: u32,
 ) -> Result<MachinePublic, Error> {
-    let io = open(u.scheme, &u.host, u.effective_port(), tls_cfg).await?;
+    let io = open(u.scheme, &u.host, u.effective_port(), tls_cfg, mark).await?;
     key_over(io, &u.authority).await
 }
 
 /// Fetches the server's Noise key with `GET /key?v=<capability version>`, over the URL's own
 /// scheme and port: TLS for `https://` (roots from `SSL_CERT_FILE` or the system bundle).
 pub async fn fetch_server_key(url: &str) -> Result<MachinePublic, Error> {
-    fetch_key(&ControlUrl::parse(url)?, None).await
+    fetch_key(&ControlUrl::parse(url)?, None, 0).await
 }
 
 impl ControlClient {
@@ -179,7 +208,7 @@ impl ControlClient {
                 (Scheme::Https, None) => Some(tls::system_config()?),
                 (Scheme::Http, None) => None,
             };
-            let server_key = fetch_key(&u, tls_cfg.clone()).await?;
+            let server_key = fetch_key(&u, tls_cfg.clone(), opts.socket_mark).await?;
             let plan = dial::plan(&u);
             let machine_key = machine_key.clone();
             dial::race(&plan, u.scheme, |a| {
@@ -190,7 +219,7 @@ impl ControlClient {
                     opts.clone(),
                 );
                 async move {
-                    let io = open(a.scheme, &u.host, a.port, tls_cfg).await?;
+                    let io = open(a.scheme, &u.host, a.port, tls_cfg, opts.socket_mark).await?;
                     Self::connect_over(io, &u.authority, server_key, &machine_key, opts).await
                 }
             })

@@ -178,6 +178,9 @@ struct Inner {
     health: Vec<String>,
     /// The node key expired; a login is needed (and will rotate the key).
     key_expired: Option<String>,
+    /// The IP forwarding warnings now in `health`.
+    #[cfg(feature = "osrouter")]
+    forwarding_health: Vec<String>,
 }
 
 /// The core's LocalAPI backend: prefs, state machine and persistence.
@@ -238,6 +241,8 @@ impl LocalBackend {
                 engine_up: false,
                 health,
                 key_expired: None,
+                #[cfg(feature = "osrouter")]
+                forwarding_health: Vec::new(),
             }),
             store,
             control,
@@ -267,15 +272,30 @@ impl LocalBackend {
     /// The data plane whose per-peer paths and counters status shows.
     pub fn set_dataplane(&mut self, dp: Arc<crate::dataplane::DataPlane>) {
         self.dataplane = Some(dp);
-        if let Ok(g) = self.lock() {
-            self.prefs_to_dataplane(&g);
+        if let Ok(mut g) = self.lock() {
+            self.prefs_to_dataplane(&mut g);
         }
     }
 
-    /// The prefs the data plane follows (`--accept-dns`).
-    fn prefs_to_dataplane(&self, g: &Inner) {
+    /// The prefs the data plane follows (`--accept-dns`, the routing prefs), and the health
+    /// of IP forwarding for the routes this node advertises.
+    fn prefs_to_dataplane(&self, g: &mut Inner) {
+        let routing = crate::routing::RoutePrefs::from_prefs(&g.persisted.prefs);
+        #[cfg(feature = "osrouter")]
+        {
+            let warnings = osrouter::forwarding::check_ip_forwarding(&routing.advertise_routes);
+            let old = std::mem::replace(&mut g.forwarding_health, warnings.clone());
+            g.health.retain(|h| !old.contains(h));
+            for w in warnings {
+                tracing::warn!("{w}");
+                if !g.health.contains(&w) {
+                    g.health.push(w);
+                }
+            }
+        }
         if let Some(dp) = &self.dataplane {
             dp.set_accept_dns(g.persisted.prefs.corp_dns);
+            dp.set_route_prefs(routing);
         }
     }
 
@@ -570,8 +590,17 @@ impl Backend for LocalBackend {
         }
         if peers {
             let engine = self.dataplane.as_ref().and_then(|d| d.status());
+            let exit = match self.dataplane.as_ref().and_then(|d| d.exit_node()) {
+                Some(Ok((key, _))) => Some(key.to_string()),
+                Some(Err(why)) => {
+                    st.health.push(why);
+                    None
+                }
+                None => None,
+            };
             for ps in g.netmap.iter().flat_map(|n| n.peers.iter()) {
                 let mut ps = ps.clone();
+                ps.exit_node = exit.as_ref() == Some(&ps.public_key);
                 if let Some(e) = engine
                     .as_ref()
                     .and_then(|e| e.peers.iter().find(|p| p.key.to_string() == ps.public_key))
@@ -603,7 +632,7 @@ impl Backend for LocalBackend {
             prefs: Some(view.clone()),
             ..Notify::default()
         });
-        self.prefs_to_dataplane(&g);
+        self.prefs_to_dataplane(&mut g);
         if was_running && !g.persisted.prefs.want_running {
             if let Some(c) = &self.control {
                 c.stop();
@@ -631,7 +660,7 @@ impl Backend for LocalBackend {
             });
         }
         g.started = true;
-        self.prefs_to_dataplane(&g);
+        self.prefs_to_dataplane(&mut g);
         self.update_state(&mut g);
         let Some(control) = &self.control else {
             return Err(self.no_control("start"));

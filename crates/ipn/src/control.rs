@@ -155,7 +155,9 @@ async fn command_loop(mut rx: mpsc::UnboundedReceiver<Cmd>, ctx: Ctx) {
         match cmd {
             Cmd::Start(p) => {
                 let p = *p;
-                // `up` on a node that is already connected with the same key changes nothing.
+                // `up` on a node that is already connected with the same key and the same
+                // Hostinfo changes nothing; new advertised routes or tags need a new session,
+                // whose MapRequest tells control.
                 let same = session.as_ref().is_some_and(|s| {
                     !s.task.is_finished()
                         && p.auth_key.is_none()
@@ -163,6 +165,8 @@ async fn command_loop(mut rx: mpsc::UnboundedReceiver<Cmd>, ctx: Ctx) {
                         && s.params.node_key.as_ref().map(NodePrivate::public)
                             == p.node_key.as_ref().map(NodePrivate::public)
                         && s.params.hostname == p.hostname
+                        && s.params.advertise_routes == p.advertise_routes
+                        && s.params.advertise_tags == p.advertise_tags
                 });
                 if same {
                     continue;
@@ -216,7 +220,12 @@ async fn command_loop(mut rx: mpsc::UnboundedReceiver<Cmd>, ctx: Ctx) {
 
 async fn logout(p: ControlParams, key: NodePrivate) {
     let res = async {
-        let conn = control_client::ControlClient::connect(&p.control_url, &p.machine_key).await?;
+        let conn = control_client::ControlClient::connect_with(
+            &p.control_url,
+            &p.machine_key,
+            connect_options(),
+        )
+        .await?;
         let mut req = RegisterRequest::default();
         req.node_key = key.public();
         req.expiry = Some(Time::from_unix(LOGOUT_EXPIRY_UNIX));
@@ -370,9 +379,16 @@ fn now_unix() -> i64 {
         .unwrap_or(0)
 }
 
+/// How control is dialed: defaults, with the node's socket mark.
+fn connect_options() -> ConnectOptions {
+    let mut o = ConnectOptions::default();
+    o.socket_mark = crate::SOCKET_MARK;
+    o
+}
+
 /// One connect, register and map poll. Returns when it needs a login or should be retried.
 async fn attempt(p: &ControlParams, st: &mut SessionState, ctx: &Ctx) -> End {
-    let opts = ConnectOptions::default();
+    let opts = connect_options();
     let conn =
         match control_client::ControlClient::connect_with(&p.control_url, &p.machine_key, opts)
             .await
@@ -409,18 +425,42 @@ async fn attempt(p: &ControlParams, st: &mut SessionState, ctx: &Ctx) -> End {
     // A reconnect starts from a fresh full map.
     st.netmap = NetworkMap::new();
     let mut _lite_task: Option<AbortOnDrop> = None;
+    let mut prefs = ctx.dataplane.as_ref().map(|d| d.route_prefs_changed());
+    if let Some(r) = prefs.as_mut() {
+        r.mark_unchanged();
+    }
     loop {
-        let next = match local.as_mut() {
-            Some(l) => tokio::select! {
+        let next = match (local.as_mut(), prefs.as_mut()) {
+            (Some(l), Some(r)) => tokio::select! {
                 m = stream.next() => Some(m),
-                r = l.changed() => {
-                    if r.is_err() {
+                c = l.changed() => {
+                    if c.is_err() {
+                        local = None;
+                    }
+                    None
+                }
+                c = r.changed() => {
+                    // The routing prefs changed: the same netmap, routed anew.
+                    if c.is_err() {
+                        prefs = None;
+                    } else if let Some(dp) = &ctx.dataplane
+                        && st.netmap.self_node.is_some()
+                    {
+                        dp.apply(&st.netmap, &node).await;
+                    }
+                    continue;
+                }
+            },
+            (Some(l), None) => tokio::select! {
+                m = stream.next() => Some(m),
+                c = l.changed() => {
+                    if c.is_err() {
                         local = None;
                     }
                     None
                 }
             },
-            None => Some(stream.next().await),
+            (None, _) => Some(stream.next().await),
         };
         let Some(next) = next else {
             // Our endpoints or home region changed: tell control beside the stream.
@@ -672,6 +712,7 @@ pub fn summarize(nm: &NetworkMap) -> NetMapSummary {
             last_seen: n.last_seen.as_ref().map(time).unwrap_or_default(),
             key_expiry: time(&n.key_expiry),
             expired: n.expired || expiry.is_some_and(|t| t <= now_unix()),
+            exit_node_option: n.allowed_ips.iter().flatten().any(|r| r.bits() == 0),
             ..PeerStatus::default()
         });
     }

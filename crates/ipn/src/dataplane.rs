@@ -6,10 +6,12 @@
 //! keys, endpoints, home regions and AllowedIPs; the DERP map), the filter's compiled rules,
 //! and the router's addresses and routes. The packet path itself never passes through here.
 //!
-//! AllowedIPs follow Go's rules for a node that accepts no routes and uses no exit node (the
-//! prefs for those come with issue 6): a peer's own addresses always; its other prefixes
-//! (subnet routes, exit routes) are not routed.
+//! AllowedIPs, host routes and the filter's local networks follow Go's rules for the routing
+//! prefs (`--accept-routes`, `--exit-node`, `--advertise-routes`): [`crate::routing`]. With
+//! osrouter the firewall (forwarding, SNAT, input rules) follows `--netfilter-mode` and its
+//! companions. A change of those prefs re-applies the last netmap.
 
+use crate::routing::{self, RoutePrefs};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
@@ -66,6 +68,15 @@ impl Device for TunDevice {
     fn send(&self, packet: &[u8]) -> impl Future<Output = std::io::Result<usize>> + Send {
         self.0.send(packet)
     }
+    fn headroom(&self) -> usize {
+        self.0.tx_headroom()
+    }
+    fn send_batch(
+        &self,
+        packets: &mut [Vec<u8>],
+    ) -> impl Future<Output = std::io::Result<()>> + Send {
+        self.0.send_batch(packets)
+    }
 }
 
 /// The engine's hooks: `tstun-wrap`'s chain (service-address intercept, packet filter).
@@ -100,11 +111,19 @@ type RulesKey = (
     bool,
 );
 
+/// What the host was last told: addresses, routes into the device, routes kept local.
+type RouterKey = (Vec<IpPrefix>, Vec<IpPrefix>, Vec<IpPrefix>);
+
 #[derive(Default)]
 struct Applied {
     rules_key: Option<RulesKey>,
-    router: Option<(Vec<IpPrefix>, Vec<IpPrefix>)>,
+    router: Option<RouterKey>,
+    #[cfg(feature = "osrouter")]
+    netfilter: Option<osrouter::NetfilterConfig>,
 }
+
+/// The exit node in use (its key and name), or why the one asked for is not in use.
+pub type ExitState = Result<(NodePublic, String), String>;
 
 /// The running data plane.
 pub struct DataPlane {
@@ -122,6 +141,13 @@ pub struct DataPlane {
     /// Our own addresses, from the last netmap (TSMP pings come from them).
     self_addrs: Mutex<Vec<IpAddr>>,
     tun_name: String,
+    /// The routing prefs; the control driver re-applies its netmap when they change.
+    route_prefs: watch::Sender<RoutePrefs>,
+    /// The exit node, from the last netmap; `None` when none is asked for.
+    exit: Mutex<Option<ExitState>>,
+    /// The port-mapping task and what tells it to release its mapping and end.
+    #[cfg(feature = "portmapper")]
+    portmap: Mutex<Option<(Arc<tokio::sync::Notify>, tokio::task::JoinHandle<()>)>>,
     _poller: tokio::task::JoinHandle<()>,
 }
 
@@ -140,15 +166,6 @@ impl Drop for DataPlane {
     }
 }
 
-/// Tailscale's IPv4 range (CGNAT) and IPv6 ULA range: routed to the TUN device as two routes,
-/// whatever the peer count, so a netmap change never touches the host's routes.
-fn tailnet_ranges() -> Vec<IpPrefix> {
-    [("100.64.0.0", 10), ("fd7a:115c:a1e0::", 48)]
-        .into_iter()
-        .filter_map(|(a, b)| IpPrefix::new(a.parse().ok()?, b))
-        .collect()
-}
-
 impl DataPlane {
     /// Opens the TUN device and starts the engine with no peers. Needs `CAP_NET_ADMIN`.
     pub async fn start(opts: Options) -> Result<Arc<DataPlane>, String> {
@@ -157,10 +174,7 @@ impl DataPlane {
         #[cfg(feature = "osrouter")]
         let router = osrouter::Router::new(&tun_name)
             .map_err(|e| format!("cannot configure {tun_name}: {e}"))?;
-        #[cfg(feature = "osrouter")]
-        let mark = osrouter::BYPASS_MARK;
-        #[cfg(not(feature = "osrouter"))]
-        let mark = 0;
+        let mark = crate::SOCKET_MARK;
         #[cfg(not(feature = "osrouter"))]
         tracing::warn!(
             "built without osrouter: {tun_name} gets no addresses or routes from tailrouter; \
@@ -184,7 +198,7 @@ impl DataPlane {
         let eopts = engine::Options {
             port: opts.port,
             disco: opts.disco,
-            derp: opts.derp,
+            derp: opts.derp.with_socket_mark(mark),
             socket_mark: mark,
         };
         let cfg = engine::Config {
@@ -207,6 +221,8 @@ impl DataPlane {
         let _ = &opts.resolv_conf;
         tracing::info!("data plane: {tun_name}, UDP port {}", engine.port());
         let status: Arc<Mutex<Option<EngineStatus>>> = Arc::new(Mutex::new(None));
+        #[cfg(feature = "portmapper")]
+        let engine_for_pm = Arc::clone(&engine);
         Ok(Arc::new_cyclic(|weak: &std::sync::Weak<DataPlane>| {
             let weak = weak.clone();
             let st = Arc::clone(&status);
@@ -234,6 +250,10 @@ impl DataPlane {
                 tsmp_waiters,
                 self_addrs: Mutex::new(Vec::new()),
                 tun_name,
+                route_prefs: watch::Sender::new(RoutePrefs::default()),
+                exit: Mutex::new(None),
+                #[cfg(feature = "portmapper")]
+                portmap: Mutex::new(start_port_mapper(Arc::downgrade(&engine_for_pm))),
                 _poller: poller,
             }
         }))
@@ -247,6 +267,27 @@ impl DataPlane {
         if !on {
             self.dns_down();
         }
+    }
+
+    /// Sets the routing prefs; a change re-applies the netmap (through the control driver,
+    /// which watches [`DataPlane::route_prefs_changed`]).
+    pub fn set_route_prefs(&self, prefs: RoutePrefs) {
+        self.route_prefs.send_if_modified(|cur| {
+            let changed = *cur != prefs;
+            *cur = prefs;
+            changed
+        });
+    }
+
+    /// A receiver that wakes when the routing prefs change.
+    pub fn route_prefs_changed(&self) -> watch::Receiver<RoutePrefs> {
+        self.route_prefs.subscribe()
+    }
+
+    /// The exit node in use, or why the one asked for is not in use; `None` when none is
+    /// asked for.
+    pub fn exit_node(&self) -> Option<ExitState> {
+        self.exit.lock().ok().and_then(|g| g.clone())
     }
 
     /// The node stops (`down`, logout): the OS's DNS settings are put back; the next netmap
@@ -321,6 +362,13 @@ impl DataPlane {
             nm,
             self.accept_dns.load(std::sync::atomic::Ordering::Relaxed),
         ));
+        let prefs = self.route_prefs.borrow().clone();
+        let host = if prefs.exit_node_allow_lan_access || prefs.advertises_exit_node() {
+            host_networks(&self.tun_name)
+        } else {
+            Vec::new()
+        };
+        let plan = routing::plan(nm, &prefs, &host);
         let peers: Vec<PeerSpec> = nm
             .peers
             .values()
@@ -330,7 +378,7 @@ impl DataPlane {
                 disco: (!p.disco_key.is_zero()).then_some(p.disco_key),
                 endpoints: p.endpoints.clone(),
                 home_derp: p.home_derp,
-                allowed_ips: peer_allowed_ips(p),
+                allowed_ips: plan.allowed_ips.get(&p.key).cloned().unwrap_or_default(),
             })
             .collect();
         let cfg = engine::Config {
@@ -343,15 +391,15 @@ impl DataPlane {
             return;
         }
         let mut applied = self.applied.lock().await;
-        // Rules are recompiled only when the filter or our addresses change.
+        // Rules are recompiled only when the filter or our local networks change.
         let rules_key = Some((
             nm.packet_filters.clone(),
-            me.addresses.clone(),
+            plan.local_nets.clone(),
             nm.has_packet_filter,
         ));
         if rules_key != applied.rules_key {
             let (rules, errors) = if nm.has_packet_filter {
-                Rules::compile_named(&nm.packet_filters, &me.addresses)
+                Rules::compile_named(&nm.packet_filters, &plan.local_nets)
             } else {
                 (Rules::allow_none(), Vec::new())
             };
@@ -365,31 +413,94 @@ impl DataPlane {
                 .await;
             applied.rules_key = rules_key;
         }
-        let want = (me.addresses.clone(), tailnet_ranges());
+        let exit = match (&plan.exit_node, &plan.exit_problem) {
+            (Some(e), _) => Some(Ok(e.clone())),
+            (None, Some(why)) => Some(Err(why.clone())),
+            (None, None) => None,
+        };
+        if let Ok(mut g) = self.exit.lock()
+            && *g != exit
+        {
+            match &exit {
+                Some(Ok((_, name))) => tracing::info!("using exit node {name}"),
+                Some(Err(why)) => tracing::warn!("{why}"),
+                None if g.is_some() => tracing::info!("no exit node in use"),
+                None => {}
+            }
+            *g = exit;
+        }
+        #[cfg(feature = "osrouter")]
+        self.set_netfilter(&prefs, &mut applied);
+        let want = (me.addresses.clone(), plan.routes, plan.local_routes);
         if applied.router.as_ref() != Some(&want) {
-            self.set_router(&want.0, &want.1);
+            self.set_router(&want);
             applied.router = Some(want);
         }
     }
 
+    /// The firewall settings the prefs ask for, applied when they change.
     #[cfg(feature = "osrouter")]
-    fn set_router(&self, addresses: &[IpPrefix], routes: &[IpPrefix]) {
+    fn set_netfilter(&self, prefs: &RoutePrefs, applied: &mut Applied) {
+        let mode = match prefs.netfilter_mode {
+            0 => osrouter::NetfilterMode::Off,
+            1 => osrouter::NetfilterMode::NoDivert,
+            _ => osrouter::NetfilterMode::On,
+        };
+        let backend = match prefs.netfilter_kind.as_str() {
+            "nftables" => osrouter::NetfilterBackend::Nftables,
+            "iptables" => osrouter::NetfilterBackend::Iptables,
+            _ => osrouter::NetfilterBackend::Auto,
+        };
+        let cfg = osrouter::NetfilterConfig {
+            mode,
+            backend,
+            snat_subnet_routes: prefs.snat_subnet_routes,
+            stateful_filtering: prefs.stateful_filtering,
+            magicsock_port: self.engine.port(),
+            ipv6: true,
+        };
+        if applied.netfilter == Some(cfg) {
+            return;
+        }
+        let Ok(mut g) = self.router.lock() else {
+            return;
+        };
+        if let Some(r) = g.as_mut() {
+            match r.set_netfilter(&cfg) {
+                Ok(()) => tracing::info!(
+                    "firewall: mode {}, back-end {}, SNAT {}, stateful filtering {}",
+                    cfg.mode,
+                    r.netfilter_backend()
+                        .map_or_else(|| "none".to_string(), |b| b.to_string()),
+                    if cfg.snat_subnet_routes { "on" } else { "off" },
+                    if cfg.stateful_filtering { "on" } else { "off" },
+                ),
+                Err(e) => tracing::error!("firewall: {e}"),
+            }
+        }
+        // Recorded even after a failure: the same settings are not retried on every netmap.
+        applied.netfilter = Some(cfg);
+    }
+
+    #[cfg(feature = "osrouter")]
+    fn set_router(&self, (addresses, routes, local): &RouterKey) {
         let Ok(mut g) = self.router.lock() else {
             return;
         };
         if let Some(r) = g.as_mut() {
             let cfg = osrouter::RouterConfig {
-                addresses: addresses.to_vec(),
-                routes: routes.to_vec(),
+                addresses: addresses.clone(),
+                routes: routes.clone(),
+                local_routes: local.clone(),
             };
+            let show = |v: &[IpPrefix]| v.iter().map(ToString::to_string).collect::<Vec<_>>();
             match r.set(&cfg) {
                 Ok(()) => tracing::info!(
-                    "{}: addresses {:?}",
+                    "{}: addresses {:?}, routes {:?}, kept local {:?}",
                     self.tun_name,
-                    addresses
-                        .iter()
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>()
+                    show(addresses),
+                    show(routes),
+                    show(local),
                 ),
                 Err(e) => tracing::error!("{}: {e}", self.tun_name),
             }
@@ -397,7 +508,32 @@ impl DataPlane {
     }
 
     #[cfg(not(feature = "osrouter"))]
-    fn set_router(&self, _addresses: &[IpPrefix], _routes: &[IpPrefix]) {}
+    fn set_router(&self, (_, routes, _): &RouterKey) {
+        if routes.len() > routing::tailnet_ranges().len() {
+            tracing::warn!(
+                "built without osrouter: accepted routes and exit-node routes must be set \
+                 on the host by hand"
+            );
+        }
+    }
+
+    /// Releases the port mapping (if any) at the gateway, waiting at most 5 s. Called on
+    /// shutdown, before [`DataPlane::close`].
+    pub async fn stop_port_mapping(&self) {
+        #[cfg(feature = "portmapper")]
+        {
+            let task = self.portmap.lock().ok().and_then(|mut g| g.take());
+            if let Some((stop, task)) = task {
+                stop.notify_one();
+                if tokio::time::timeout(Duration::from_secs(5), task)
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!("port mapping: not released within 5 s");
+                }
+            }
+        }
+    }
 
     /// Removes what was added to the host (addresses, routes, rules). Called on shutdown.
     pub fn close(&self) {
@@ -413,17 +549,67 @@ impl DataPlane {
     }
 }
 
-/// A peer's AllowedIPs for a node that accepts no routes and uses no exit node: the peer's
-/// own addresses (Go's "always accepted" part).
-fn peer_allowed_ips(p: &tailcfg::Node) -> Vec<IpPrefix> {
-    let all = p.allowed_ips.as_ref().unwrap_or(&p.addresses);
-    all.iter()
-        .filter(|pfx| {
-            p.addresses.contains(pfx)
-                || (pfx.is_single_ip() && tailnet_ranges().iter().any(|r| r.contains(pfx.addr())))
-        })
-        .copied()
-        .collect()
+/// The host's interface addresses with their prefix lengths, the TUN device left out
+/// (osrouter reads them; without it an exit node filters as if the host had no networks).
+fn host_networks(tun: &str) -> Vec<IpPrefix> {
+    #[cfg(feature = "osrouter")]
+    return osrouter::ifaddrs::interface_prefixes(tun);
+    #[cfg(not(feature = "osrouter"))]
+    {
+        let _ = tun;
+        Vec::new()
+    }
+}
+
+/// Whether the port mapper is turned off (`TS_DISABLE_PORTMAPPER`, as in Go).
+#[cfg(feature = "portmapper")]
+fn port_mapper_disabled() -> bool {
+    let v = std::env::var("TS_DISABLE_PORTMAPPER").unwrap_or_default();
+    matches!(v.as_str(), "1" | "t" | "T" | "true" | "TRUE" | "True")
+}
+
+/// Starts keeping a port mapping for the engine's UDP port at the default gateway (NAT-PMP,
+/// PCP, then UPnP); its external endpoint goes to the engine, which reports it to control.
+/// `None` when turned off.
+#[cfg(feature = "portmapper")]
+fn start_port_mapper(
+    engine: std::sync::Weak<engine::Handle<FilterHooks>>,
+) -> Option<(Arc<tokio::sync::Notify>, tokio::task::JoinHandle<()>)> {
+    if port_mapper_disabled() {
+        tracing::info!("port mapping: off (TS_DISABLE_PORTMAPPER)");
+        return None;
+    }
+    let port = engine.upgrade()?.port();
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let stopped = Arc::clone(&stop);
+    let task = tokio::spawn(async move {
+        let mut cfg = portmapper::Config::new(port);
+        cfg.socket_mark = crate::SOCKET_MARK;
+        let mut client = portmapper::Client::new(cfg);
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Option<std::net::SocketAddr>>();
+        let weak = engine.clone();
+        let forward = tokio::spawn(async move {
+            while let Some(a) = rx.recv().await {
+                let Some(e) = weak.upgrade() else { return };
+                match a {
+                    Some(a) => tracing::info!("port mapping: external endpoint {a}"),
+                    None => tracing::info!("port mapping: lost"),
+                }
+                let _ = e.set_port_mapping(a).await;
+            }
+        });
+        let r = client
+            .maintain(stopped.notified(), |m| {
+                let _ = tx.send(m.map(|m| std::net::SocketAddr::V4(m.external)));
+            })
+            .await;
+        if let Err(e) = r {
+            tracing::debug!("port mapping: {e}");
+        }
+        drop(tx);
+        let _ = forward.await;
+    });
+    Some((stop, task))
 }
 
 /// Whether `ip` is one of the node's or its peers' addresses (for `tailscale ping IP`).
@@ -439,24 +625,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn allowed_ips_keep_addresses_and_drop_routes() {
-        let mut n = tailcfg::Node::default();
-        let a: IpPrefix = "100.64.0.2/32".parse().unwrap();
-        let a6: IpPrefix = "fd7a:115c:a1e0::2/128".parse().unwrap();
-        let route: IpPrefix = "192.168.1.0/24".parse().unwrap();
-        let exit: IpPrefix = "0.0.0.0/0".parse().unwrap();
-        n.addresses = vec![a, a6];
-        n.allowed_ips = Some(vec![a, a6, route, exit]);
-        assert_eq!(peer_allowed_ips(&n), vec![a, a6]);
-        n.allowed_ips = None;
-        assert_eq!(peer_allowed_ips(&n), vec![a, a6]);
-    }
-
-    #[test]
-    fn ranges_are_tailscale_s() {
-        let r = tailnet_ranges();
-        assert_eq!(r.len(), 2);
-        assert!(r[0].contains("100.100.100.100".parse().unwrap()));
-        assert!(r[1].contains("fd7a:115c:a1e0::53".parse().unwrap()));
+    fn host_networks_follow_the_build() {
+        let nets = host_networks("no-such-tun");
+        assert_eq!(nets.is_empty(), !cfg!(feature = "osrouter"), "{nets:?}");
     }
 }

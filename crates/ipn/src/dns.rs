@@ -486,12 +486,8 @@ mod answerer {
 /// routing, as the engine's are.
 #[cfg(feature = "dns")]
 fn forwarder_options() -> magicdns::forward::ForwarderConfig {
-    #[cfg(feature = "osrouter")]
-    let mark = Some(osrouter::BYPASS_MARK);
-    #[cfg(not(feature = "osrouter"))]
-    let mark = None;
     magicdns::forward::ForwarderConfig {
-        socket_mark: mark,
+        socket_mark: (crate::SOCKET_MARK != 0).then_some(crate::SOCKET_MARK),
         ..Default::default()
     }
 }

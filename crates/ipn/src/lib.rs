@@ -24,10 +24,20 @@ pub mod control;
 pub mod dataplane;
 #[cfg(feature = "netstack")]
 pub mod dns;
+pub mod routing;
 pub mod state;
 pub mod tags;
 
 pub use localapi;
+
+/// The `SO_MARK` on every socket the node opens towards the outside (WireGuard UDP, DERP,
+/// control, DNS forwarding, port mapping), so policy routing keeps them out of the tunnel:
+/// osrouter's bypass mark, or none in builds that leave the host's routing alone.
+#[cfg(feature = "osrouter")]
+pub const SOCKET_MARK: u32 = osrouter::BYPASS_MARK;
+/// The `SO_MARK` on the node's own sockets: none without osrouter (no policy routing).
+#[cfg(not(feature = "osrouter"))]
+pub const SOCKET_MARK: u32 = 0;
 
 /// The version of tailrouter.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

