@@ -84,8 +84,8 @@ install_debs() {
     # miniupnpd-nftables is the port-mapping test's gateway: the daemon binary alone. Not the
     # `miniupnpd` package, whose postinst asks debconf questions and starts a system service;
     # nothing here runs outside the rig's namespaces. nftables gives it a firewall to edit
-    # and the test its `nft`.
-    local required="iproute2 iputils-ping iperf3 dnsutils dnsmasq-base curl jq openssl wireguard-go wireguard-tools miniupnpd-nftables nftables"
+    # and the test its `nft`; iptables is the other firewall back-end (osrouter and router tests).
+    local required="iproute2 iputils-ping iperf3 dnsutils dnsmasq-base curl jq openssl wireguard-go wireguard-tools miniupnpd-nftables nftables iptables"
     local optional="sqlite3 dnsperf"
     local missing_req="" missing_opt="" p
     for p in $required; do
