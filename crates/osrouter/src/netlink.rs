@@ -170,14 +170,29 @@ pub(crate) fn addr_msg(add: bool, ifindex: u32, p: IpPrefix) -> Vec<u8> {
 
 /// RTM_NEWROUTE (create or replace) or RTM_DELROUTE: `p` (masked) via `ifindex` in `table`.
 pub(crate) fn route_msg(add: bool, ifindex: u32, p: IpPrefix, table: u32) -> Vec<u8> {
-    let p = masked(p);
     // A delete matches any protocol, scope and type, as `ip route del` does.
-    let (ty, flags, proto, scope, kind) = if add {
+    route_change(add, Some(ifindex), RTN_UNICAST, p, table)
+}
+
+/// RTM_NEWROUTE or RTM_DELROUTE of a `throw` route for `p` (masked) in `table`: a lookup
+/// that matches it leaves the table and goes on with the next rule (the main table), as
+/// `ip route add throw P table T` does. No device; a delete names the type, so it removes
+/// only a throw route.
+pub(crate) fn throw_msg(add: bool, p: IpPrefix, table: u32) -> Vec<u8> {
+    route_change(add, None, RTN_THROW, p, table)
+}
+
+/// The route message both build: of type `kind` when adding (and, for a throw route, when
+/// deleting), through `oif` when given.
+fn route_change(add: bool, oif: Option<u32>, kind: u8, p: IpPrefix, table: u32) -> Vec<u8> {
+    let p = masked(p);
+    let (ty, flags, proto, scope) = if add {
         let f = NLM_F_CREATE | NLM_F_REPLACE;
-        (RTM_NEWROUTE, f, RTPROT_BOOT, RT_SCOPE_UNIVERSE, RTN_UNICAST)
+        (RTM_NEWROUTE, f, RTPROT_BOOT, RT_SCOPE_UNIVERSE)
     } else {
-        (RTM_DELROUTE, 0, 0, RT_SCOPE_NOWHERE, 0)
+        (RTM_DELROUTE, 0, 0, RT_SCOPE_NOWHERE)
     };
+    let kind = if add || kind == RTN_THROW { kind } else { 0 };
     let t8 = u8::try_from(table).unwrap_or(0);
     // struct rtmsg: family, dst_len, src_len, tos, table, protocol, scope, type, flags.
     let body = [
@@ -198,44 +213,8 @@ pub(crate) fn route_msg(add: bool, ifindex: u32, p: IpPrefix, table: u32) -> Vec
     if p.bits() > 0 {
         attr(&mut m, RTA_DST, &octets(p.addr()));
     }
-    attr(&mut m, RTA_OIF, &ifindex.to_ne_bytes());
-    attr(&mut m, RTA_TABLE, &table.to_ne_bytes());
-    m
-}
-
-/// RTM_NEWROUTE or RTM_DELROUTE of a `throw` route for `p` (masked) in `table`: a lookup
-/// that matches it leaves the table and goes on with the next rule (the main table), as
-/// `ip route add throw P table T` does. No device.
-pub(crate) fn throw_msg(add: bool, p: IpPrefix, table: u32) -> Vec<u8> {
-    let p = masked(p);
-    let (ty, flags) = if add {
-        (RTM_NEWROUTE, NLM_F_CREATE | NLM_F_REPLACE)
-    } else {
-        (RTM_DELROUTE, 0)
-    };
-    let (proto, scope) = if add {
-        (RTPROT_BOOT, RT_SCOPE_UNIVERSE)
-    } else {
-        (0, RT_SCOPE_NOWHERE)
-    };
-    let t8 = u8::try_from(table).unwrap_or(0);
-    let body = [
-        family(p.addr()),
-        p.bits(),
-        0,
-        0,
-        t8,
-        proto,
-        scope,
-        RTN_THROW,
-        0,
-        0,
-        0,
-        0,
-    ];
-    let mut m = message(ty, flags, &body);
-    if p.bits() > 0 {
-        attr(&mut m, RTA_DST, &octets(p.addr()));
+    if let Some(i) = oif {
+        attr(&mut m, RTA_OIF, &i.to_ne_bytes());
     }
     attr(&mut m, RTA_TABLE, &table.to_ne_bytes());
     m

@@ -105,32 +105,30 @@ fn approve(hs: &Headscale, name: &str, routes: &str) {
     .unwrap();
 }
 
-/// `tailscale up` for a Go node with extra flags.
-fn go_up(go: &GoNode, hs: &Headscale, key: &str, extra: &[&str]) {
+/// `tailscale up` arguments for `name` on `hs` with `key`, then `extra`.
+fn up_args(hs: &Headscale, key: &str, name: &str, extra: &[&str]) -> Vec<String> {
     let mut args = vec![
         "up".to_string(),
         format!("--login-server={}", hs.url),
         format!("--auth-key={key}"),
-        format!("--hostname={}", go.name),
+        format!("--hostname={name}"),
         "--accept-dns=false".to_string(),
         "--timeout=50s".to_string(),
     ];
     args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+/// `tailscale up` for a Go node with extra flags.
+fn go_up(go: &GoNode, hs: &Headscale, key: &str, extra: &[&str]) {
+    let args = up_args(hs, key, &go.name, extra);
     let a: Vec<&str> = args.iter().map(String::as_str).collect();
     go.tailscale(&a).unwrap();
 }
 
 /// `tailscale up` for tailrouter with extra flags; panics with its log on failure.
 fn tr_up(rig: &Rig, tr: &TailrouterNode, hs: &Headscale, key: &str, extra: &[&str]) {
-    let mut args = vec![
-        "up".to_string(),
-        format!("--login-server={}", hs.url),
-        format!("--auth-key={key}"),
-        format!("--hostname={}", tr.name),
-        "--accept-dns=false".to_string(),
-        "--timeout=50s".to_string(),
-    ];
-    args.extend(extra.iter().map(|s| s.to_string()));
+    let args = up_args(hs, key, &tr.name, extra);
     let a: Vec<&str> = args.iter().map(String::as_str).collect();
     if let Err(e) = tr.tailscale(&a) {
         panic!("{e}\n{}", rig.log_tail(&tr.label, 60));
