@@ -264,7 +264,6 @@ fn write_on(root: &Path, key: &str) -> Result<(), Error> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
 
     /// A fake /proc/sys tree in a fresh temporary directory.

@@ -432,7 +432,6 @@ impl Backend for Iptables {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
     use crate::netfilter::{NetfilterConfig, family_rules};
 

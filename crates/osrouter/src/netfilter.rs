@@ -742,7 +742,6 @@ impl Drop for Netfilter {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
 
     fn addrs() -> Vec<IpAddr> {

@@ -525,7 +525,6 @@ pub(crate) fn timed_out() -> NlError {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
 
     fn p(s: &str) -> IpPrefix {

@@ -703,7 +703,6 @@ impl Backend for Nft {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
     use crate::netfilter::{NetfilterConfig, family_rules};
 

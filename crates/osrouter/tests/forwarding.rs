@@ -8,16 +8,16 @@
 
 mod common;
 
-use common::{Netns, prefixes, tool_path};
+use common::{CHILD_OF, Netns, child_args, is_child_of, prefixes, tool_path};
 use osrouter::Error;
 use osrouter::forwarding::{self, IpForwarding, Setting};
 use std::process::Command;
 
 const GUARD: &str = "TROR_READ_ONLY_PROC_SYS";
 
-/// Runs `helper` from this test binary in a child process inside `ns`, with `/proc/sys`
+/// Runs the child part of `test` from this test binary in a process inside `ns`, with `/proc/sys`
 /// read-only for it alone, and fails with its output when it fails.
-fn run_read_only_child(ns: &Netns, helper: &str) {
+fn run_read_only_child(ns: &Netns, test: &str) {
     let mount = tool_path("mount", "mount");
     let script = format!(
         "{m} --bind /proc/sys /proc/sys && {m} -o remount,bind,ro /proc/sys && exec \"$@\"",
@@ -31,13 +31,14 @@ fn run_read_only_child(ns: &Netns, helper: &str) {
         .arg(tool_path("ip", "iproute2"))
         .args(["netns", "exec", &ns.name])
         .arg(&exe)
-        .args(["--ignored", "--exact", helper, "--nocapture"])
+        .args(child_args(test))
+        .env(CHILD_OF, test)
         .env(GUARD, "1")
         .output()
         .unwrap();
     assert!(
         out.status.success(),
-        "{helper} failed:\n{}\n{}",
+        "the child part of {test} failed:\n{}\n{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
@@ -48,7 +49,7 @@ fn run_read_only_child(ns: &Netns, helper: &str) {
 fn assert_read_only() {
     assert!(
         std::env::var_os(GUARD).is_some(),
-        "a helper: run by the read_only_proc_sys_* tests"
+        "the child part of a read_only_proc_sys_* test: run by it"
     );
     let key = "/proc/sys/net/ipv4/ip_forward";
     let v = std::fs::read_to_string(key).unwrap();
@@ -62,6 +63,9 @@ fn sysctl(ns: &Netns, key: &str) -> String {
 
 #[test]
 fn read_only_proc_sys_with_forwarding_on_is_no_alarm() {
+    if is_child_of("read_only_proc_sys_with_forwarding_on_is_no_alarm") {
+        return child_read_only_forwarding_on();
+    }
     let ns = Netns::empty("ro-on");
     ns.exec("sysctl", &["-q", "-w", "net.ipv4.ip_forward=1"]);
     // IPv6 off, as in many containers: an exit node's ::/0 must not warn about it.
@@ -69,12 +73,12 @@ fn read_only_proc_sys_with_forwarding_on_is_no_alarm() {
         let key = format!("net.ipv6.conf.{k}.disable_ipv6=1");
         ns.exec("sysctl", &["-q", "-w", &key]);
     }
-    run_read_only_child(&ns, "child_read_only_forwarding_on");
+    run_read_only_child(&ns, "read_only_proc_sys_with_forwarding_on_is_no_alarm");
     assert_eq!(sysctl(&ns, "net.ipv4.ip_forward"), "1");
 }
 
-#[test]
-#[ignore = "a helper: other tests run it in a child process"]
+/// The child part of [`read_only_proc_sys_with_forwarding_on_is_no_alarm`], under a
+/// read-only `/proc/sys`.
 fn child_read_only_forwarding_on() {
     assert_read_only();
     let f = IpForwarding::read();
@@ -89,15 +93,20 @@ fn child_read_only_forwarding_on() {
 
 #[test]
 fn read_only_proc_sys_with_forwarding_off_says_what_to_do() {
+    if is_child_of("read_only_proc_sys_with_forwarding_off_says_what_to_do") {
+        return child_read_only_forwarding_off();
+    }
     let ns = Netns::empty("ro-off");
     ns.exec("sysctl", &["-q", "-w", "net.ipv4.ip_forward=0"]);
     ns.exec("sysctl", &["-q", "-w", "net.ipv6.conf.all.forwarding=0"]);
-    run_read_only_child(&ns, "child_read_only_forwarding_off");
+    run_read_only_child(
+        &ns,
+        "read_only_proc_sys_with_forwarding_off_says_what_to_do",
+    );
     assert_eq!(sysctl(&ns, "net.ipv4.ip_forward"), "0");
 }
 
-#[test]
-#[ignore = "a helper: other tests run it in a child process"]
+/// The child part of [`read_only_proc_sys_with_forwarding_off_says_what_to_do`].
 fn child_read_only_forwarding_off() {
     assert_read_only();
     let subnet = prefixes(&["192.168.1.0/24"]);

@@ -9,7 +9,9 @@
 
 mod common;
 
-use common::{Netns, in_netns, prefixes, require_tool, tool_path};
+use common::{
+    CHILD_OF, Netns, child_args, in_netns, is_child_of, prefixes, require_tool, tool_path,
+};
 use osrouter::{
     ActiveBackend, IptablesFlavor, NetfilterBackend, NetfilterConfig, NetfilterMode, Router,
     RouterConfig,
@@ -577,10 +579,8 @@ const FIREWALL_BINARIES: [&str; 7] = [
     "ip6tables-legacy",
 ];
 
-/// Run by [`crash_then_recover`] in a child process inside the namespace: installs
+/// The child part of [`crash_then_recover`], in a process inside the namespace: installs
 /// everything, says so, and waits to be killed.
-#[test]
-#[ignore = "a helper: other tests run it in a child process"]
 fn child_router_then_killed() {
     let backend: NetfilterBackend = std::env::var("TROR_CHILD_BACKEND")
         .expect("run by crash_then_a_new_router_cleans_up, with TROR_CHILD_BACKEND set")
@@ -621,7 +621,10 @@ fn child_router_then_killed() {
 
 /// A router killed without closing (SIGKILL), then a new one on the same device: the new one
 /// replaces the leftovers (no duplicates), converges, and its close restores the namespace.
-fn crash_then_recover(backend: NetfilterBackend, tag: &str) {
+fn crash_then_recover(test: &'static str, backend: NetfilterBackend, tag: &str) {
+    if is_child_of(test) {
+        return child_router_then_killed();
+    }
     tools();
     let ns = Netns::new(tag, true);
     add_unrelated_rules(&ns);
@@ -675,12 +678,8 @@ fn crash_then_recover(backend: NetfilterBackend, tag: &str) {
         let mut child = cmd
             .args(["netns", "exec", &ns.name])
             .arg(&exe)
-            .args([
-                "--ignored",
-                "--exact",
-                "child_router_then_killed",
-                "--nocapture",
-            ])
+            .args(child_args(test))
+            .env(CHILD_OF, test)
             .env("TROR_CHILD_BACKEND", backend.as_str())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -748,18 +747,30 @@ fn crash_then_recover(backend: NetfilterBackend, tag: &str) {
 
 #[test]
 fn crash_then_a_new_router_cleans_up_nftables() {
-    crash_then_recover(NetfilterBackend::Nftables, "crash-nft");
+    crash_then_recover(
+        "crash_then_a_new_router_cleans_up_nftables",
+        NetfilterBackend::Nftables,
+        "crash-nft",
+    );
 }
 
 /// `auto` with no firewall binary at all picks nftables and installs everything.
 #[test]
 fn crash_then_a_new_router_cleans_up_auto_without_binaries() {
-    crash_then_recover(NetfilterBackend::Auto, "crash-auto");
+    crash_then_recover(
+        "crash_then_a_new_router_cleans_up_auto_without_binaries",
+        NetfilterBackend::Auto,
+        "crash-auto",
+    );
 }
 
 #[test]
 fn crash_then_a_new_router_cleans_up_iptables() {
-    crash_then_recover(NetfilterBackend::Iptables, "crash-ipt");
+    crash_then_recover(
+        "crash_then_a_new_router_cleans_up_iptables",
+        NetfilterBackend::Iptables,
+        "crash-ipt",
+    );
 }
 
 // ---------------------------------------------------------------- real forwarding
@@ -933,10 +944,10 @@ fn forwarding_masquerades_with_snat_on_only_iptables() {
 
 // ---------------------------------------------------------------- iptables-legacy
 
-/// Runs `helper` from this test binary in a child process inside `ns`, with `iptables` and
+/// Runs the child part of `test` from this test binary in a process inside `ns`, with `iptables` and
 /// `ip6tables` on PATH being the legacy ones (xtables-legacy-multi picks its mode by name),
 /// and fails with its output when it fails.
-fn run_legacy_child(ns: &Netns, helper: &str) {
+fn run_legacy_child(ns: &Netns, test: &str) {
     let dir = std::env::temp_dir().join(format!("tror-legacy-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -955,7 +966,8 @@ fn run_legacy_child(ns: &Netns, helper: &str) {
     let out = Command::new("ip")
         .args(["netns", "exec", &ns.name])
         .arg(&exe)
-        .args(["--ignored", "--exact", helper, "--nocapture"])
+        .args(child_args(test))
+        .env(CHILD_OF, test)
         .env("TROR_NS", &ns.name)
         .env(
             "PATH",
@@ -966,7 +978,7 @@ fn run_legacy_child(ns: &Netns, helper: &str) {
     let _ = std::fs::remove_dir_all(&dir);
     assert!(
         out.status.success(),
-        "{helper} failed:\n{}\n{}",
+        "the child part of {test} failed:\n{}\n{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
@@ -993,6 +1005,9 @@ fn legacy_firewall(ns: &Netns) -> String {
 
 #[test]
 fn iptables_legacy_set_converge_close_restores_everything() {
+    if is_child_of("iptables_legacy_set_converge_close_restores_everything") {
+        return child_legacy_scenario();
+    }
     tools();
     require_tool("iptables-legacy-save", "iptables");
     let ns = Netns::new("legacy", true);
@@ -1039,12 +1054,14 @@ fn iptables_legacy_set_converge_close_restores_everything() {
     ] {
         ns.exec(bin, args);
     }
-    run_legacy_child(&ns, "child_legacy_scenario");
+    run_legacy_child(
+        &ns,
+        "iptables_legacy_set_converge_close_restores_everything",
+    );
 }
 
-/// Run by [`iptables_legacy_set_converge_close_restores_everything`] inside its namespace.
-#[test]
-#[ignore = "a helper: other tests run it in a child process"]
+/// The child part of [`iptables_legacy_set_converge_close_restores_everything`], inside its
+/// namespace.
 fn child_legacy_scenario() {
     let name = std::env::var("TROR_NS").expect("run by iptables_legacy_set_converge_close_...");
     let ns = Netns::existing(&name, true);

@@ -282,3 +282,19 @@ pub fn in_netns<T: Send + 'static, F: FnOnce() -> T + Send + 'static>(name: &str
         Err(e) => std::panic::resume_unwind(e),
     }
 }
+
+/// Set when this test binary re-runs one of its own tests as a child process (in a namespace
+/// or a private mount namespace the parent prepared): the value is that test's name.
+pub const CHILD_OF: &str = "TROR_CHILD_OF";
+
+/// Whether this process is the child part of `test` (see [`child_args`]). A test that has a
+/// child part starts with this check; run normally, it is the parent and does everything.
+pub fn is_child_of(test: &str) -> bool {
+    std::env::var(CHILD_OF).is_ok_and(|v| v == test)
+}
+
+/// The arguments that make this test binary run `test` alone as its own child; the caller
+/// also sets [`CHILD_OF`] to `test`.
+pub fn child_args(test: &str) -> [&str; 3] {
+    ["--exact", test, "--nocapture"]
+}
