@@ -189,15 +189,20 @@ pub fn echo_server(host: &Host, ip: &str, port: u16, udp: bool) -> Result<Child>
              while True:\n c,a=s.accept()\n d=c.recv(2000)\n c.sendall(b'echo:'+d)\n c.close()\n"
         )
     };
+    python_server(host, &code)
+}
+
+/// Starts the Python program `code` (a server) in `host`'s namespace, output discarded, and
+/// gives it half a second to bind.
+pub fn python_server(host: &Host, code: &str) -> Result<Child> {
     let child = host
         .cmd("python3")
-        .args(["-c", &code])
+        .args(["-c", code])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .map_err(|e| Error(format!("cannot start the echo server in {}: {e}", host.ns)))?;
-    // Give it a moment to bind.
+        .map_err(|e| Error(format!("cannot start a Python server in {}: {e}", host.ns)))?;
     std::thread::sleep(Duration::from_millis(500));
     Ok(child)
 }

@@ -11,10 +11,11 @@
 
 use interop::dns::dig;
 use interop::{
-    GoNode, Headscale, Host, Rig, TailnetNode, TailrouterNode, run, wait_for, wait_listed,
+    GoNode, Headscale, Host, Rig, TailnetNode, TailrouterNode, python_server, run, wait_for,
+    wait_listed,
 };
 use serde_json::Value;
-use std::process::{Child, Stdio};
+use std::process::Child;
 use std::time::Duration;
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -37,16 +38,7 @@ fn who_server(host: &Host, ip: &str, port: u16) -> Server {
          s.bind(('{ip}',{port}))\ns.listen(8)\ns.settimeout(120)\n\
          while True:\n c,a=s.accept()\n c.sendall(a[0].encode())\n c.close()\n"
     );
-    let child = host
-        .cmd("python3")
-        .args(["-c", &code])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
-    Server(child)
+    Server(python_server(host, &code).unwrap())
 }
 
 /// Connects from `host` to `ip:port` and returns what the server said (its view of our
