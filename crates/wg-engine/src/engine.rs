@@ -22,6 +22,7 @@ use crate::derp::{Config as DerpConfig, Event as DerpEvent};
 use crate::disco;
 use crate::magicsock::{self, Magicsock, Path, PeerInfo};
 use crate::netcheck::{self, History, Netcheck, PreviousHome};
+use crate::udp;
 use crate::wireguard::{self, Decapsulated, EngineConfig, PeerConfig, Peers};
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -81,10 +82,12 @@ struct TunBatch {
 }
 
 impl TunBatch {
-    /// Buffers that grew past this (a device merged a flow into them) are kept only up to
-    /// [`TunBatch::KEEP_LARGE`] of them, so a burst does not pin 64 KiB per slot.
-    const SMALL: usize = 4096;
-    const KEEP_LARGE: usize = 4;
+    /// Capacity of each buffer: room for a device to merge a flow's segments into it (up to
+    /// an IP packet's 65,535 bytes) without allocating. tun-rs's GRO table merges only into
+    /// a buffer that already has the capacity ("we don't want to allocate"): with buffers
+    /// sized to one packet it merged nothing, and every packet cost its own TUN write.
+    /// Pages are touched only as far as a merge fills them.
+    const CAPACITY: usize = 2 * 64 + wireguard::MAX_PACKET;
 
     fn new(headroom: usize) -> Self {
         TunBatch {
@@ -95,7 +98,8 @@ impl TunBatch {
     }
 
     fn push(&mut self, packet: &[u8]) {
-        let mut b = self.spare.pop().unwrap_or_default();
+        let cap = Self::CAPACITY.max(2 * self.headroom + wireguard::MAX_PACKET);
+        let mut b = self.spare.pop().unwrap_or_else(|| Vec::with_capacity(cap));
         b.clear();
         b.resize(self.headroom, 0);
         b.extend_from_slice(packet);
@@ -106,21 +110,12 @@ impl TunBatch {
         self.bufs.len() >= BATCH
     }
 
-    /// Takes the written buffers back for reuse.
+    /// Takes the written buffers back for reuse (at most a batch of them).
     fn recycle(&mut self) {
-        let mut large = self
-            .spare
-            .iter()
-            .filter(|b| b.capacity() > Self::SMALL)
-            .count();
         for b in self.bufs.drain(..) {
-            if b.capacity() > Self::SMALL {
-                if large >= Self::KEEP_LARGE {
-                    continue;
-                }
-                large += 1;
+            if self.spare.len() < BATCH {
+                self.spare.push(b);
             }
-            self.spare.push(b);
         }
     }
 }
@@ -256,6 +251,9 @@ pub struct Counters {
     pub wireguard_rejected: u64,
     /// UDP datagrams received.
     pub udp_rx: u64,
+    /// Receive calls that returned UDP datagrams: fewer than `udp_rx` when the kernel
+    /// coalesces them (`UDP_GRO`).
+    pub udp_rx_calls: u64,
     /// UDP datagrams sent.
     pub udp_tx: u64,
     /// DERP packets received.
@@ -453,6 +451,9 @@ pub async fn spawn<D: Device, H: Hooks>(
 /// Rounds of [`Engine::drain`] per wake-up: up to this many packets from the device and as
 /// many from each UDP socket before the engine looks at its other inputs again.
 const BATCH: usize = 64;
+/// Packets (device and UDP) handled per [`Engine::drain`] at most, so timers, commands and
+/// DERP are looked at every few milliseconds even under a flood of `UDP_GRO` trains.
+const DRAIN_MAX: usize = 16 * BATCH;
 /// Packets waiting from all DERP connections to the engine task.
 const DERP_QUEUE: usize = 1024;
 /// Packets waiting per DERP connection to be sent.
@@ -468,8 +469,18 @@ const DISCO_TICK: Duration = Duration::from_millis(500);
 const DERP_BACKOFF_MIN: Duration = Duration::from_millis(500);
 const DERP_BACKOFF_MAX: Duration = Duration::from_secs(30);
 
+/// Turns UDP receive offload off (`UDP_GRO`, see [`crate::udp`]) when set to a true value
+/// (`1`, `t`, `true`, as Go reads booleans): Go tailscaled's knob of the same name.
+pub const DISABLE_UDP_GRO_ENV: &str = "TS_DEBUG_DISABLE_UDP_GRO";
+
+fn env_bool(name: &str) -> bool {
+    let v = std::env::var(name).unwrap_or_default();
+    matches!(v.as_str(), "1" | "t" | "T" | "true" | "TRUE" | "True")
+}
+
 fn bind_udp(port: u16, mark: u32) -> io::Result<(Option<UdpSocket>, Option<UdpSocket>, u16)> {
     use socket2::{Domain, Protocol, Socket, Type};
+    let gro = !env_bool(DISABLE_UDP_GRO_ENV);
     let make = |domain: Domain, addr: SocketAddr| -> io::Result<UdpSocket> {
         let s = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
         if domain == Domain::IPV6 {
@@ -482,6 +493,12 @@ fn bind_udp(port: u16, mark: u32) -> io::Result<(Option<UdpSocket>, Option<UdpSo
         // Bursts from many peers: a bigger receive buffer where the host allows it.
         let _ = s.set_recv_buffer_size(4 << 20);
         let _ = s.set_send_buffer_size(4 << 20);
+        if gro {
+            // Trains of datagrams per receive (see `crate::udp`); without it, one each.
+            if let Err(e) = udp::sys::set_udp_gro(&s, true) {
+                tracing::info!("no UDP receive offload ({e}): one datagram per receive");
+            }
+        }
         s.bind(&addr.into())?;
         UdpSocket::from_std(s.into())
     };
@@ -622,17 +639,53 @@ struct Engine<D, H> {
 
 enum Wake<H> {
     Tun(io::Result<usize>),
-    Udp4(io::Result<(usize, SocketAddr)>),
-    Udp6(io::Result<(usize, SocketAddr)>),
+    Udp4(io::Result<udp::Recv>),
+    Udp6(io::Result<udp::Recv>),
     Derp(Option<DerpIn>),
     Command(Option<Command<H>>),
     Timer,
 }
 
-async fn recv_opt(s: &Option<UdpSocket>, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
-    match s {
-        Some(s) => s.recv_from(buf).await,
-        None => std::future::pending().await,
+/// A UDP socket's receive buffers: one datagram, or a train of them with `UDP_GRO` (up to
+/// 64 KiB), and the control messages that say how to cut it.
+struct UdpRx {
+    buf: Vec<u8>,
+    control: [u8; udp::CONTROL_LEN],
+}
+
+impl UdpRx {
+    fn new() -> Self {
+        UdpRx {
+            buf: vec![0u8; wireguard::BUFFER_LEN],
+            control: [0u8; udp::CONTROL_LEN],
+        }
+    }
+
+    /// Waits for the next receive on `s` (never, without a socket). Cancel-safe.
+    async fn recv(&mut self, s: Option<&UdpSocket>) -> io::Result<udp::Recv> {
+        match s {
+            Some(s) => {
+                s.async_io(tokio::io::Interest::READABLE, || {
+                    udp::sys::recv(s, &mut self.buf, &mut self.control)
+                })
+                .await
+            }
+            None => std::future::pending().await,
+        }
+    }
+
+    /// The next receive on `s` if one is waiting: `Ok(None)` when none is (or no socket).
+    fn try_recv(&mut self, s: Option<&UdpSocket>) -> io::Result<Option<udp::Recv>> {
+        let Some(s) = s else {
+            return Ok(None);
+        };
+        match s.try_io(tokio::io::Interest::READABLE, || {
+            udp::sys::recv(s, &mut self.buf, &mut self.control)
+        }) {
+            Ok(r) => Ok(Some(r)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 }
 
@@ -643,8 +696,8 @@ impl<D: Device, H: Hooks> Engine<D, H> {
         mut derp_rx: mpsc::Receiver<DerpIn>,
     ) {
         let mut tun_buf = vec![0u8; wireguard::MAX_PACKET];
-        let mut udp_buf = vec![0u8; wireguard::BUFFER_LEN];
-        let mut udp6_buf = vec![0u8; wireguard::BUFFER_LEN];
+        let mut rx4 = UdpRx::new();
+        let mut rx6 = UdpRx::new();
         // One timer for the whole run, moved only when the deadline does: a new `Sleep` per
         // wake-up would register with the timer wheel and leave it again for every packet.
         let sleep = tokio::time::sleep_until(Instant::now().into());
@@ -670,12 +723,14 @@ impl<D: Device, H: Hooks> Engine<D, H> {
             }
             let wake = tokio::select! {
                 r = self.device.recv(&mut tun_buf) => Wake::Tun(r),
-                r = recv_opt(&self.udp4, &mut udp_buf) => Wake::Udp4(r),
-                r = recv_opt(&self.udp6, &mut udp6_buf) => Wake::Udp6(r),
+                r = rx4.recv(self.udp4.as_ref()) => Wake::Udp4(r),
+                r = rx6.recv(self.udp6.as_ref()) => Wake::Udp6(r),
                 d = derp_rx.recv() => Wake::Derp(d),
                 c = commands.recv() => Wake::Command(c),
                 _ = &mut sleep => Wake::Timer,
             };
+            // Device reads owed to the datagrams of this wake-up (see `drain`).
+            let mut credit = 0;
             match wake {
                 Wake::Tun(Ok(n)) => {
                     self.counters.tun_rx += 1;
@@ -685,16 +740,8 @@ impl<D: Device, H: Hooks> Engine<D, H> {
                     tracing::warn!("TUN read: {e}");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
-                Wake::Udp4(Ok((n, src))) => {
-                    self.counters.udp_rx += 1;
-                    self.udp_in(src, udp_buf.get(..n).unwrap_or_default()).await;
-                }
-                Wake::Udp6(Ok((n, src))) => {
-                    self.counters.udp_rx += 1;
-                    let src = SocketAddr::new(src.ip().to_canonical(), src.port());
-                    self.udp_in(src, udp6_buf.get(..n).unwrap_or_default())
-                        .await;
-                }
+                Wake::Udp4(Ok(r)) => credit = self.udp_received(r, &rx4.buf).await,
+                Wake::Udp6(Ok(r)) => credit = self.udp_received(r, &rx6.buf).await,
                 Wake::Udp4(Err(e)) | Wake::Udp6(Err(e)) => {
                     // ICMP errors from earlier sends surface here (ECONNREFUSED); not fatal.
                     tracing::debug!("UDP receive: {e}");
@@ -708,7 +755,7 @@ impl<D: Device, H: Hooks> Engine<D, H> {
                 Wake::Command(Some(c)) => self.command(c).await,
                 Wake::Timer => {}
             }
-            self.drain(&mut tun_buf, &mut udp_buf, &mut udp6_buf).await;
+            self.drain(&mut tun_buf, &mut rx4, &mut rx6, credit).await;
             self.flush_tun().await;
             self.timers().await;
             self.flush_disco().await;
@@ -716,15 +763,43 @@ impl<D: Device, H: Hooks> Engine<D, H> {
         }
     }
 
-    /// Handles what is already waiting on the device and the UDP sockets, one packet from
-    /// each in turn, up to [`BATCH`] rounds, without going back to `select!` in between.
-    async fn drain(&mut self, tun_buf: &mut [u8], udp_buf: &mut [u8], udp6_buf: &mut [u8]) {
+    /// Handles what is already waiting on the device and the UDP sockets, in rounds, without
+    /// going back to `select!` in between: per round one receive from each UDP socket (one
+    /// datagram, or a train of them with `UDP_GRO`), then as many packets from the device as
+    /// that receive brought datagrams (at least one). Packets from the device keep pace with
+    /// the datagrams that way: receiving a TCP flow, its ACKs leave as fast as its segments
+    /// come in, where one device read per train let the TUN queue overflow with ACKs. Ends
+    /// when all are empty, after [`BATCH`] rounds, or after [`DRAIN_MAX`] packets. `credit`:
+    /// datagrams the wake-up itself brought, owed device reads in the first round.
+    async fn drain(&mut self, tun_buf: &mut [u8], rx4: &mut UdpRx, rx6: &mut UdpRx, credit: usize) {
         let (mut tun, mut udp4, mut udp6) = (true, self.udp4.is_some(), self.udp6.is_some());
+        let mut handled = 0usize;
+        let mut credit = credit;
         for _ in 0..BATCH {
-            if tun {
+            let mut datagrams = std::mem::take(&mut credit);
+            if udp4 {
+                match rx4.try_recv(self.udp4.as_ref()) {
+                    Ok(Some(r)) => datagrams += self.udp_received(r, &rx4.buf).await,
+                    Ok(None) => udp4 = false,
+                    Err(e) => tracing::debug!("UDP receive: {e}"),
+                }
+            }
+            if udp6 {
+                match rx6.try_recv(self.udp6.as_ref()) {
+                    Ok(Some(r)) => datagrams += self.udp_received(r, &rx6.buf).await,
+                    Ok(None) => udp6 = false,
+                    Err(e) => tracing::debug!("UDP receive: {e}"),
+                }
+            }
+            handled += datagrams;
+            for _ in 0..datagrams.max(1) {
+                if !tun {
+                    break;
+                }
                 match self.device.try_recv(tun_buf) {
                     Ok(Some(n)) => {
                         self.counters.tun_rx += 1;
+                        handled += 1;
                         self.outbound(tun_buf.get(..n).unwrap_or_default()).await;
                     }
                     Ok(None) => tun = false,
@@ -735,33 +810,7 @@ impl<D: Device, H: Hooks> Engine<D, H> {
                     }
                 }
             }
-            if udp4 {
-                match self.udp4.as_ref().map(|s| s.try_recv_from(udp_buf)) {
-                    Some(Ok((n, src))) => {
-                        self.counters.udp_rx += 1;
-                        self.udp_in(src, udp_buf.get(..n).unwrap_or_default()).await;
-                    }
-                    Some(Err(e)) if e.kind() != io::ErrorKind::WouldBlock => {
-                        tracing::debug!("UDP receive: {e}");
-                    }
-                    _ => udp4 = false,
-                }
-            }
-            if udp6 {
-                match self.udp6.as_ref().map(|s| s.try_recv_from(udp6_buf)) {
-                    Some(Ok((n, src))) => {
-                        self.counters.udp_rx += 1;
-                        let src = SocketAddr::new(src.ip().to_canonical(), src.port());
-                        self.udp_in(src, udp6_buf.get(..n).unwrap_or_default())
-                            .await;
-                    }
-                    Some(Err(e)) if e.kind() != io::ErrorKind::WouldBlock => {
-                        tracing::debug!("UDP receive: {e}");
-                    }
-                    _ => udp6 = false,
-                }
-            }
-            if !(tun || udp4 || udp6) {
+            if !(tun || udp4 || udp6) || handled >= DRAIN_MAX {
                 return;
             }
         }
@@ -1120,6 +1169,22 @@ impl<D: Device, H: Hooks> Engine<D, H> {
             Err(e) => tracing::debug!("TUN write: {e}"),
         }
         self.tun_out.recycle();
+    }
+
+    /// Handles one receive from a UDP socket: one datagram, or a train that the kernel
+    /// coalesced (`UDP_GRO`), cut into its datagrams.
+    /// Returns how many datagrams it held.
+    async fn udp_received(&mut self, r: udp::Recv, buf: &[u8]) -> usize {
+        let src = SocketAddr::new(r.src.ip().to_canonical(), r.src.port());
+        let data = buf.get(..r.len).unwrap_or_default();
+        self.counters.udp_rx_calls += 1;
+        let mut n = 0;
+        for d in udp::segments(data, r.segment) {
+            n += 1;
+            self.counters.udp_rx += 1;
+            self.udp_in(src, d).await;
+        }
+        n
     }
 
     async fn udp_in(&mut self, src: SocketAddr, data: &[u8]) {
@@ -1762,6 +1827,117 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(200)).await;
         let st = a.handle.status().await.unwrap();
         assert!(st.counters.wireguard_rejected >= 5, "{:?}", st.counters);
+    }
+
+    #[test]
+    fn tun_batch_buffers_have_room_to_merge_a_flow() {
+        // tun-rs merges segments only into a buffer with this much capacity already.
+        let mut b = TunBatch::new(10);
+        for _ in 0..3 {
+            for i in 0..BATCH {
+                b.push(&[i as u8; 1280]);
+            }
+            assert!(b.full());
+            for buf in &b.bufs {
+                assert!(buf.capacity() >= 2 * 10 + wireguard::MAX_PACKET);
+                assert_eq!(buf.len(), 10 + 1280);
+            }
+            // A device merged the flow into the first buffer.
+            b.bufs[0].resize(10 + wireguard::MAX_PACKET, 0);
+            b.recycle();
+            assert!(b.bufs.is_empty());
+            assert_eq!(b.spare.len(), BATCH);
+        }
+    }
+
+    /// A socket on 127.0.0.1, with `UDP_GRO` as asked.
+    fn loopback_udp(gro: bool) -> UdpSocket {
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        s.set_nonblocking(true).expect("nonblocking");
+        udp::sys::set_udp_gro(&s, gro).expect("UDP_GRO");
+        UdpSocket::from_std(s).expect("tokio socket")
+    }
+
+    /// Everything that arrives at `rx` within a short while, as (receive, its datagrams).
+    async fn receive_all(rx: &UdpSocket) -> Vec<(udp::Recv, Vec<Vec<u8>>)> {
+        let mut r = UdpRx::new();
+        let sock = Some(rx);
+        let mut got = Vec::new();
+        while let Ok(Ok(recv)) =
+            tokio::time::timeout(Duration::from_millis(300), r.recv(sock)).await
+        {
+            let data = r.buf.get(..recv.len).expect("length within the buffer");
+            let parts = udp::segments(data, recv.segment)
+                .map(<[u8]>::to_vec)
+                .collect();
+            got.push((recv, parts));
+        }
+        got
+    }
+
+    /// A train of 10 datagrams of 100 bytes and one of 50, sent with one `UDP_SEGMENT`
+    /// `sendmsg`, and what was sent, one datagram each.
+    async fn send_train(to: SocketAddr) -> (SocketAddr, Vec<Vec<u8>>) {
+        let tx = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        let from = tx.local_addr().expect("address");
+        let sent: Vec<Vec<u8>> = (0..11u8)
+            .map(|i| vec![i; if i == 10 { 50 } else { 100 }])
+            .collect();
+        let tx = Some(tx);
+        send_segmented(&tx, to, 100, &sent.concat())
+            .await
+            .expect("UDP_SEGMENT send");
+        (from, sent)
+    }
+
+    #[tokio::test]
+    async fn udp_gro_takes_a_segmented_train_in_one_receive() {
+        let rx = loopback_udp(true);
+        let (from, sent) = send_train(rx.local_addr().expect("address")).await;
+        let got = receive_all(&rx).await;
+        assert_eq!(
+            got.len(),
+            1,
+            "one receive: {:?}",
+            got.iter().map(|g| g.0).collect::<Vec<_>>()
+        );
+        let (recv, parts) = &got[0];
+        assert_eq!(recv.src, from);
+        assert_eq!(recv.len, 1050);
+        assert_eq!(recv.segment, Some(100));
+        assert!(!recv.truncated);
+        assert_eq!(parts, &sent);
+    }
+
+    #[tokio::test]
+    async fn without_udp_gro_the_train_comes_one_by_one() {
+        let rx = loopback_udp(false);
+        let (from, sent) = send_train(rx.local_addr().expect("address")).await;
+        let got = receive_all(&rx).await;
+        assert_eq!(got.len(), 11);
+        for (recv, _) in &got {
+            assert_eq!((recv.src, recv.segment), (from, None));
+        }
+        let parts: Vec<Vec<u8>> = got.into_iter().flat_map(|g| g.1).collect();
+        assert_eq!(parts, sent);
+    }
+
+    #[tokio::test]
+    async fn a_small_buffer_reports_truncation() {
+        let rx = loopback_udp(true);
+        let (_, _) = send_train(rx.local_addr().expect("address")).await;
+        let mut buf = [0u8; 300];
+        let mut control = [0u8; udp::CONTROL_LEN];
+        let r = rx
+            .async_io(tokio::io::Interest::READABLE, || {
+                udp::sys::recv(&rx, &mut buf, &mut control)
+            })
+            .await
+            .expect("receive");
+        assert!(r.truncated);
+        assert!(r.len <= buf.len());
+        // Cutting what is there never panics, however the kernel cut it.
+        assert!(udp::segments(buf.get(..r.len).unwrap_or_default(), r.segment).count() >= 1);
     }
 
     #[test]

@@ -17,10 +17,12 @@
 //! - [`netcheck`]: the STUN report over the DERP regions and the choice of the home region.
 //! - [`wireguard`]: peers on boringtun's sans-IO `Tunn` ([`wireguard::Peers`]) and the
 //!   AllowedIPs longest-prefix-match table; datagrams go out to a caller-owned endpoint type.
+//! - [`udp`]: UDP receive offload (`UDP_GRO`): turning it on, and cutting a coalesced
+//!   receive into its datagrams by the segment size of its control message.
 //!
 //! Parsers meant for fuzzing: [`derp::Frame::parse`], [`derp::http::parse_upgrade_response`],
 //! [`disco::Packet::parse`], [`disco::Message::parse`], [`disco::classify`],
-//! [`stun::parse_response`] and [`stun::parse_binding_request`].
+//! [`stun::parse_response`], [`stun::parse_binding_request`] and [`udp::gro_segment_size`].
 
 pub mod derp;
 pub mod disco;
@@ -29,4 +31,5 @@ pub mod magicsock;
 pub mod nacl;
 pub mod netcheck;
 pub mod stun;
+pub mod udp;
 pub mod wireguard;
