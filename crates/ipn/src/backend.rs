@@ -638,7 +638,7 @@ impl Backend for LocalBackend {
                 c.stop();
             }
             if let Some(dp) = &self.dataplane {
-                dp.dns_down();
+                dp.down();
             }
             g.netmap = None;
             g.engine_up = false;
@@ -711,6 +711,9 @@ impl Backend for LocalBackend {
         self.save(&g)?;
         if let (Some(c), Some(params)) = (&self.control, params) {
             c.logout(params);
+        }
+        if let Some(dp) = &self.dataplane {
+            dp.down();
         }
         self.send(Notify {
             prefs: Some(Self::prefs_view(&g)),

@@ -350,6 +350,11 @@ fn hostinfo(p: &ControlParams, ctx: &Ctx, preferred_derp: i32) -> Hostinfo {
         .filter_map(|r| r.to_string().parse().ok())
         .collect();
     hi.request_tags = p.advertise_tags.clone();
+    hi.services = ctx
+        .dataplane
+        .as_ref()
+        .map(|d| d.services())
+        .unwrap_or_default();
     let mut ni = NetInfo::default();
     // Until netcheck exists (issue 4) we cannot measure DERP latency, so the home region is
     // the lowest-numbered region of the DERP map: deterministic, the same for every restart,
@@ -429,8 +434,12 @@ async fn attempt(p: &ControlParams, st: &mut SessionState, ctx: &Ctx) -> End {
     if let Some(r) = prefs.as_mut() {
         r.mark_unchanged();
     }
+    // Set when the data plane's Hostinfo services (PeerAPI ports) changed: the next turn
+    // sends Hostinfo beside the stream, as for new endpoints.
+    let mut services_changed = false;
     loop {
         let next = match (local.as_mut(), prefs.as_mut()) {
+            _ if std::mem::take(&mut services_changed) => None,
             (Some(l), Some(r)) => tokio::select! {
                 m = stream.next() => Some(m),
                 c = l.changed() => {
@@ -447,6 +456,7 @@ async fn attempt(p: &ControlParams, st: &mut SessionState, ctx: &Ctx) -> End {
                         && st.netmap.self_node.is_some()
                     {
                         dp.apply(&st.netmap, &node).await;
+                        services_changed = dp.take_services_changed();
                     }
                     continue;
                 }
@@ -508,6 +518,7 @@ async fn attempt(p: &ControlParams, st: &mut SessionState, ctx: &Ctx) -> End {
         ctx.emit(ControlEvent::NetMap(summarize(&st.netmap)));
         if let Some(dp) = &ctx.dataplane {
             dp.apply(&st.netmap, &node).await;
+            services_changed = dp.take_services_changed();
         }
         ctx.emit(ControlEvent::EngineUp(true));
         if ctx.dataplane.is_some() {

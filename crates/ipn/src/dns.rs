@@ -164,6 +164,11 @@ impl Quad100 {
         });
     }
 
+    /// The host's own nameservers (the resolv.conf from before tailrouter), as last read.
+    pub fn base_nameservers(&self) -> Vec<IpAddr> {
+        self.inputs.borrow().base_nameservers.clone()
+    }
+
     /// Puts the OS's DNS settings back as they were (on down and on exit).
     pub fn close(&self) {
         #[cfg(feature = "dns")]
@@ -485,7 +490,7 @@ mod answerer {
 /// The forwarder's options: sockets marked so forwarded queries bypass the tunnel's policy
 /// routing, as the engine's are.
 #[cfg(feature = "dns")]
-fn forwarder_options() -> magicdns::forward::ForwarderConfig {
+pub(crate) fn forwarder_options() -> magicdns::forward::ForwarderConfig {
     magicdns::forward::ForwarderConfig {
         socket_mark: (crate::SOCKET_MARK != 0).then_some(crate::SOCKET_MARK),
         ..Default::default()

@@ -408,8 +408,14 @@ impl Router {
     /// Removes everything this router added: the policy rules first (so nothing is steered
     /// into a half-emptied table 52), then the firewall rules, the routes and the addresses.
     pub fn close(mut self) -> Result<(), Error> {
+        self.down()
+    }
+
+    /// [`Router::close`] without giving the router up (`tailscale down`): the host is as it
+    /// was before, and the next [`Router::set_netfilter`] and [`Router::set`] start afresh.
+    pub fn down(&mut self) -> Result<(), Error> {
         let r = self.teardown();
-        // Whatever could not be removed was reported; the drop that follows does not retry.
+        // Whatever could not be removed was reported; nothing retries it (not the drop either).
         self.rules = [false; 2];
         self.routes.clear();
         self.throws.clear();

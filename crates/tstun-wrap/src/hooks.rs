@@ -16,16 +16,19 @@
 //!    handed to the pong sink (the node's own `tailscale ping --tsmp`); nothing of it reaches
 //!    the host.
 //! 2. **The packet filter** ([`crate::filter::Filter::check_inbound`]), deny by default.
+//!    One exception, as in Go's `tstun`: a TCP SYN to a port the node serves itself and
+//!    checks at the application layer (the PeerAPI, [`Chain::set_open_ports`]) is let in even
+//!    where the rules would drop it; the rest of such a connection passes as TCP non-SYN.
 //!
 //! Injection is the engine's: packets the node makes itself are handed to it as outbound (to
 //! a peer) or inbound (to the TUN device) and skip the chain, which is why a build without
 //! `netstack` injects exactly as one with it. The chain is plain data driven by the caller's
 //! clock; it allocates nothing per packet and cannot panic on any input.
 
-use crate::filter::{Filter, Rules};
+use crate::filter::{Filter, Proto, Rules, parse};
 use crate::tsmp;
 use std::collections::VecDeque;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Instant;
 
 /// TSMP answers waiting to be sent before new ones are dropped.
@@ -63,6 +66,8 @@ pub struct ChainStats {
     pub tsmp_pongs: u64,
     /// Other TSMP messages (rejects, disco key adverts, unknown), consumed.
     pub tsmp_other: u64,
+    /// TCP SYNs the rules dropped but let in for an open port ([`Chain::set_open_ports`]).
+    pub open_port_syns: u64,
 }
 
 /// Where intercepted packets go (the netstack's input).
@@ -76,6 +81,7 @@ pub struct Chain {
     intercept: Option<Intercept>,
     replies: VecDeque<Vec<u8>>,
     pong_sink: Option<PongSink>,
+    open_ports: Vec<(IpAddr, u16)>,
     stats: ChainStats,
 }
 
@@ -106,6 +112,7 @@ impl Chain {
             intercept: None,
             replies: VecDeque::new(),
             pong_sink: None,
+            open_ports: Vec::new(),
             stats: ChainStats::default(),
         }
     }
@@ -113,6 +120,12 @@ impl Chain {
     /// Replaces the filter's rules (flows survive).
     pub fn set_rules(&mut self, rules: Rules) {
         self.filter.set_rules(rules);
+    }
+
+    /// The TCP ports on our own addresses whose servers check access themselves (the
+    /// PeerAPI): a SYN to one of them passes even where the rules drop it.
+    pub fn set_open_ports(&mut self, ports: Vec<(IpAddr, u16)>) {
+        self.open_ports = ports;
     }
 
     /// The filter, for its counters.
@@ -161,7 +174,20 @@ impl Chain {
             self.tsmp(packet, now);
             return false;
         }
-        self.filter.check_inbound(packet, now).is_accept()
+        let p = parse(packet);
+        if self.filter.check_inbound_parsed(&p, now).is_accept() {
+            return true;
+        }
+        let open = p.proto() == Proto::TCP
+            && p.is_tcp_syn()
+            && self
+                .open_ports
+                .iter()
+                .any(|&(a, port)| a == p.dst() && port == p.dst_port());
+        if open {
+            self.stats.open_port_syns += 1;
+        }
+        open
     }
 
     fn tsmp(&mut self, packet: &[u8], now: Instant) {
@@ -286,6 +312,50 @@ mod tests {
         }
         assert_eq!(c.replies.len(), MAX_REPLIES);
         assert_eq!(c.stats().tsmp_pings, 201);
+    }
+
+    /// A TCP/IPv4 packet from 100.64.0.2:40000 to `dst`:`port` with `flags`.
+    fn tcp4(dst: [u8; 4], port: u16, flags: u8) -> Vec<u8> {
+        let mut p = vec![0u8; 40];
+        p[0] = 0x45;
+        p[3] = 40;
+        p[8] = 64;
+        p[9] = 6;
+        p[12..16].copy_from_slice(&[100, 64, 0, 2]);
+        p[16..20].copy_from_slice(&dst);
+        p[20..22].copy_from_slice(&40000u16.to_be_bytes());
+        p[22..24].copy_from_slice(&port.to_be_bytes());
+        p[32] = 5 << 4;
+        p[33] = flags;
+        p
+    }
+
+    #[test]
+    fn a_syn_to_an_open_port_passes_and_nothing_else() {
+        use crate::filter::tcp_flags::{ACK, SYN};
+        // No rule admits anything; 100.64.0.1 is our address.
+        let local: Vec<tailcfg::IpPrefix> = vec!["100.64.0.1/32".parse().unwrap()];
+        let (rules, errors) = Rules::compile(&[], &local);
+        assert!(errors.is_empty());
+        let mut c = Chain::new(Filter::new(rules, FlowConfig::go()));
+        let now = Instant::now();
+        let me = [100, 64, 0, 1];
+        // Deny by default: the SYN is dropped before the port is open.
+        assert!(!c.inbound(&tcp4(me, 4444, SYN), now));
+        c.set_open_ports(vec![(IpAddr::from(me), 4444)]);
+        assert!(c.inbound(&tcp4(me, 4444, SYN), now));
+        assert_eq!(c.stats().open_port_syns, 1);
+        // Another port, another address of ours, or UDP to the same port: still dropped.
+        assert!(!c.inbound(&tcp4(me, 4445, SYN), now));
+        assert!(!c.inbound(&tcp4([100, 64, 0, 9], 4444, SYN), now));
+        let mut udp = v4(me);
+        udp[22..24].copy_from_slice(&4444u16.to_be_bytes());
+        assert!(!c.inbound(&udp, now));
+        // The rest of the connection is TCP non-SYN, which the filter passes on its own.
+        assert!(c.inbound(&tcp4(me, 4444, ACK), now));
+        assert_eq!(c.stats().open_port_syns, 1);
+        c.set_open_ports(Vec::new());
+        assert!(!c.inbound(&tcp4(me, 4444, SYN), now));
     }
 
     #[test]

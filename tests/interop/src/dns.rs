@@ -77,6 +77,12 @@ pub fn parse_dig(text: &str) -> Option<Dig> {
 /// once it answers.
 pub fn dnsmasq(rig: &mut Rig, role: &str, names: &[(&str, &str)]) -> Result<Host> {
     let host = rig.host(role)?;
+    dnsmasq_on(rig, &host, role, names)?;
+    Ok(host)
+}
+
+/// [`dnsmasq`] on an existing host (such as a [`Rig::bare_host`]), on `host.ip`.
+pub fn dnsmasq_on(rig: &mut Rig, host: &Host, role: &str, names: &[(&str, &str)]) -> Result<()> {
     let mut cmd = host.cmd("dnsmasq");
     cmd.args([
         "--keep-in-foreground",
@@ -116,5 +122,5 @@ pub fn dnsmasq(rig: &mut Rig, role: &str, names: &[(&str, &str)]) -> Result<Host
         },
     )
     .map_err(|e| Error(format!("{e}\n{}", rig.log_tail(&label, 20))))?;
-    Ok(host)
+    Ok(())
 }

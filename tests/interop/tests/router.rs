@@ -11,8 +11,8 @@
 
 use interop::dns::dig;
 use interop::{
-    GoNode, Headscale, Host, Rig, TailnetNode, TailrouterNode, python_server, run, wait_for,
-    wait_listed,
+    GoNode, Headscale, Host, Rig, TailnetNode, TailrouterNode, net_state, python_server, run,
+    wait_for, wait_listed,
 };
 use serde_json::Value;
 use std::process::Child;
@@ -34,7 +34,8 @@ impl Drop for Server {
 /// from: what SNAT did is then plain to see.
 fn who_server(host: &Host, ip: &str, port: u16) -> Server {
     let code = format!(
-        "import socket\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n\
+        "import socket\ns=socket.socket(socket.AF_INET6 if ':' in '{ip}' else socket.AF_INET)\n\
+         s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n\
          s.bind(('{ip}',{port}))\ns.listen(8)\ns.settimeout(120)\n\
          while True:\n c,a=s.accept()\n c.sendall(a[0].encode())\n c.close()\n"
     );
@@ -127,38 +128,6 @@ fn tr_up(rig: &Rig, tr: &TailrouterNode, hs: &Headscale, key: &str, extra: &[&st
     }
 }
 
-/// The namespace's routing and firewall state, as `ip`, `nft` and `iptables-save` print it,
-/// without the lines of the TUN device (which exists only while the daemon runs), the
-/// kernel's own IPv6 link-local entries (their duplicate-address detection runs on its own
-/// clock) and iptables-save's timestamp comments and counters.
-fn net_state(host: &Host, tun: &str) -> String {
-    let mut s = String::new();
-    let cmds: [&[&str]; 8] = [
-        &["ip", "-4", "rule"],
-        &["ip", "-6", "rule"],
-        &["ip", "-4", "route", "show", "table", "all"],
-        &["ip", "-6", "route", "show", "table", "all"],
-        &["ip", "-o", "addr"],
-        &["nft", "list", "ruleset"],
-        &["iptables-save"],
-        &["ip6tables-save"],
-    ];
-    for c in cmds {
-        let out = host.cmd(c[0]).args(&c[1..]).output().unwrap();
-        s += &format!("## {}\n", c.join(" "));
-        for l in String::from_utf8_lossy(&out.stdout).lines() {
-            if l.contains(tun) || l.starts_with('#') || l.contains("fe80:") {
-                continue;
-            }
-            // Counters such as `[0:0]` change with traffic.
-            let l = l.split(" [").next().unwrap_or(l);
-            s += l;
-            s.push('\n');
-        }
-    }
-    s
-}
-
 /// Stops tailrouter with SIGTERM and waits for it to exit (10 s at most).
 fn stop(rig: &mut Rig, tr: &TailrouterNode) {
     rig.stop(&tr.label).unwrap();
@@ -194,6 +163,74 @@ fn internet_behind(rig: &mut Rig, node: &Host) -> Host {
     inet
 }
 
+/// A DNS query for `name`, type A, recursion desired.
+fn dns_query(name: &str) -> Vec<u8> {
+    let mut q = vec![0x4a, 0x11, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    for l in name.split('.') {
+        q.push(l.len() as u8);
+        q.extend_from_slice(l.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    q
+}
+
+/// What Go clients do with an exit node of capability 26 or newer: DNS over HTTP to the
+/// PeerAPI URL the exit node announces. The URL is the one the Go node itself shows for the
+/// exit node (from our Hostinfo, through headscale); the request goes from the Go node's
+/// namespace through its tunnel. Go's own resolver would only use it with `--accept-dns`,
+/// which makes Go rewrite files in this machine's /etc, so the HTTP client here is Python.
+fn exit_node_dns_via_peerapi(go: &GoNode, tr_ip: &str) {
+    let st = go.status().unwrap();
+    let urls = peer(&st, "tr")["PeerAPIURL"].clone();
+    let base = urls
+        .as_array()
+        .and_then(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .find(|u| u.contains(tr_ip))
+        })
+        .unwrap_or_else(|| panic!("go shows no IPv4 PeerAPI URL for tr: {urls}"))
+        .to_string();
+    let fetch = |name: &str| -> (u16, Vec<u8>) {
+        let q: String = dns_query(name).iter().map(|b| format!("{b:02x}")).collect();
+        // RFC 8484 GET: the query in unpadded base64url.
+        let code = format!(
+            "import base64, urllib.request, urllib.error\n\
+             q = base64.urlsafe_b64encode(bytes.fromhex('{q}')).rstrip(b'=').decode()\n\
+             try:\n    r = urllib.request.urlopen('{base}/dns-query?dns=' + q, timeout=10)\n    \
+             print(r.status, r.read().hex())\n\
+             except urllib.error.HTTPError as e:\n    print(e.code, e.read().hex())\n"
+        );
+        let out = go.host.cmd("python3").args(["-c", &code]).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let mut parts = text.split_whitespace();
+        let status = parts
+            .next()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                panic!(
+                    "DoH fetch failed: {text} {}",
+                    String::from_utf8_lossy(&out.stderr)
+                )
+            });
+        let hex = parts.next().unwrap_or("");
+        let body = (0..hex.len() / 2)
+            .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap())
+            .collect();
+        (status, body)
+    };
+    let (status, answer) = fetch("www.example.test");
+    assert_eq!(status, 200, "DoH answer: {answer:?}");
+    assert_eq!(&answer[..2], &[0x4a, 0x11], "the query's ID");
+    assert_eq!(answer[3] & 0x0f, 0, "NOERROR");
+    assert_eq!(u16::from_be_bytes([answer[6], answer[7]]), 1, "one answer");
+    assert_eq!(
+        &answer[answer.len() - 4..],
+        &[203, 0, 113, 80],
+        "the A record"
+    );
+}
+
 fn peer<'a>(st: &'a Value, host: &str) -> &'a Value {
     st["Peer"]
         .as_object()
@@ -215,28 +252,77 @@ fn subnet_router_with_snat_on_and_off() {
         (&lan, "eth0", "10.77.0.2/24"),
     )
     .unwrap();
+    // The same LAN over IPv6 (no duplicate address detection: the addresses are usable at once).
+    for (h, dev, addr) in [
+        (&tr.host, "lan0", "fd00:77::1/64"),
+        (&lan, "eth0", "fd00:77::2/64"),
+    ] {
+        run(h
+            .cmd("ip")
+            .args(["-6", "addr", "add", addr, "dev", dev, "nodad"]))
+        .unwrap();
+    }
     // The LAN host can answer tailnet addresses directly only through the router.
     run(lan
         .cmd("ip")
         .args(["route", "add", "100.64.0.0/10", "via", "10.77.0.1"]))
     .unwrap();
+    run(lan.cmd("ip").args([
+        "-6",
+        "route",
+        "add",
+        "fd7a:115c:a1e0::/48",
+        "via",
+        "fd00:77::1",
+    ]))
+    .unwrap();
     sysctl(&tr.host, "net.ipv4.ip_forward=1");
+    sysctl(&tr.host, "net.ipv6.conf.all.forwarding=1");
     let before = net_state(&tr.host, &tr.tun);
 
-    tr_up(&rig, &tr, &hs, &key, &["--advertise-routes=10.77.0.0/24"]);
+    tr_up(
+        &rig,
+        &tr,
+        &hs,
+        &key,
+        &["--advertise-routes=10.77.0.0/24,fd00:77::/64"],
+    );
     wait_listed(&tr, &go, LIMIT).unwrap();
-    approve(&hs, "tr", "10.77.0.0/24");
+    approve(&hs, "tr", "10.77.0.0/24,fd00:77::/64");
     let srv = who_server(&lan, "10.77.0.2", 7100);
+    let srv6 = who_server(&lan, "fd00:77::2", 7102);
 
-    // SNAT on (the default): the LAN host sees the router's LAN address.
+    // SNAT on (the default): the LAN host sees the router's LAN address, in both families.
     let seen = reach(&rig, &go.host, "10.77.0.2", 7100, "go -> lan via tr", &tr);
     assert_eq!(seen, "10.77.0.1", "with SNAT the LAN sees the router");
+    let seen = reach(
+        &rig,
+        &go.host,
+        "fd00:77::2",
+        7102,
+        "go -> lan via tr, IPv6",
+        &tr,
+    );
+    assert_eq!(
+        seen, "fd00:77::1",
+        "with SNAT the LAN sees the router (IPv6)"
+    );
     let st = go.status().unwrap();
     let routes = peer(&st, "tr")["PrimaryRoutes"].to_string();
     assert!(routes.contains("10.77.0.0/24"), "{routes}");
+    assert!(routes.contains("fd00:77::/64"), "{routes}");
 
     // SNAT off: the LAN host sees the Go node's tailnet address.
-    tr_up(&rig, &tr, &hs, &key, &["--snat-subnet-routes=false"]);
+    tr_up(
+        &rig,
+        &tr,
+        &hs,
+        &key,
+        &[
+            "--advertise-routes=10.77.0.0/24,fd00:77::/64",
+            "--snat-subnet-routes=false",
+        ],
+    );
     let go_ip = go.ipv4().unwrap();
     let seen = wait_for("the LAN sees the tailnet address", LIMIT, || {
         who_am_i(&go.host, "10.77.0.2", 7100).filter(|s| *s == go_ip)
@@ -244,6 +330,14 @@ fn subnet_router_with_snat_on_and_off() {
     if let Err(e) = seen {
         panic!("{e}\n{}", rig.log_tail(&tr.label, 60));
     }
+    let go_ip6 = go.tailscale(&["ip", "-6"]).unwrap().trim().to_string();
+    let seen = wait_for("the LAN sees the tailnet address (IPv6)", LIMIT, || {
+        who_am_i(&go.host, "fd00:77::2", 7102).filter(|s| *s == go_ip6)
+    });
+    if let Err(e) = seen {
+        panic!("{e}\n{}", rig.log_tail(&tr.label, 60));
+    }
+    drop(srv6);
     // The LAN host reaches the Go node through the router, too (no SNAT needed that way).
     let back = who_server(&go.host, &go_ip, 7101);
     let seen = reach(&rig, &lan, &go_ip, 7101, "lan -> go via tr", &tr);
@@ -255,6 +349,90 @@ fn subnet_router_with_snat_on_and_off() {
     assert_eq!(net_state(&tr.host, &tr.tun), before, "state after exit");
 }
 
+/// Down, up, a crash (SIGKILL), a restart and an exit, with a subnet router and its firewall:
+/// after `down` and after the exit the namespace is exactly as before the start; after the
+/// crash it is not (rules and firewall are left behind), and the restarted daemon takes over
+/// what the dead one left and leaves nothing either.
+#[test]
+fn state_is_restored_after_down_and_after_a_crash_and_restart() {
+    let mut rig = Rig::new("rst").unwrap();
+    let hs = rig.headscale().unwrap();
+    let key = hs.preauth_key().unwrap();
+    let go = rig.go_node("go").unwrap();
+    go_up(&go, &hs, &key, &["--accept-routes"]);
+    let tr = rig.tailrouter_node("tr", false).unwrap();
+    let lan = rig.bare_host("lan").unwrap();
+    rig.wire(
+        (&tr.host, "lan0", "10.79.0.1/24"),
+        (&lan, "eth0", "10.79.0.2/24"),
+    )
+    .unwrap();
+    sysctl(&tr.host, "net.ipv4.ip_forward=1");
+    let before = net_state(&tr.host, &tr.tun);
+    tr_up(&rig, &tr, &hs, &key, &["--advertise-routes=10.79.0.0/24"]);
+    wait_listed(&tr, &go, LIMIT).unwrap();
+    approve(&hs, "tr", "10.79.0.0/24");
+    let srv = who_server(&lan, "10.79.0.2", 7300);
+    assert_eq!(
+        reach(&rig, &go.host, "10.79.0.2", 7300, "go -> lan", &tr),
+        "10.79.0.1"
+    );
+    let running = net_state(&tr.host, &tr.tun);
+    assert_ne!(running, before, "the router changed nothing?");
+
+    tr.tailscale(&["down"]).unwrap();
+    wait_for("the state after down", LIMIT, || {
+        (net_state(&tr.host, &tr.tun) == before).then_some(())
+    })
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}\nbefore:\n{before}\nafter down:\n{}",
+            net_state(&tr.host, &tr.tun)
+        )
+    });
+    assert_eq!(tr.status().unwrap()["BackendState"], "Stopped");
+    assert_eq!(
+        who_am_i(&go.host, "10.79.0.2", 7300),
+        None,
+        "the subnet is still routed after down"
+    );
+
+    tr_up(&rig, &tr, &hs, &key, &["--advertise-routes=10.79.0.0/24"]);
+    assert_eq!(
+        reach(&rig, &go.host, "10.79.0.2", 7300, "go -> lan after up", &tr),
+        "10.79.0.1"
+    );
+
+    // A crash: nothing is cleaned up...
+    rig.signal(&tr.label, "KILL").unwrap();
+    rig.stop(&tr.label).unwrap();
+    let crashed = net_state(&tr.host, &tr.tun);
+    assert_ne!(
+        crashed, before,
+        "a SIGKILL left nothing behind? then this test proves nothing"
+    );
+    // ...until the daemon runs again: it logs in from its state file and routes at once.
+    rig.start_tailrouter(&tr).unwrap();
+    assert_eq!(
+        reach(
+            &rig,
+            &go.host,
+            "10.79.0.2",
+            7300,
+            "go -> lan after restart",
+            &tr
+        ),
+        "10.79.0.1"
+    );
+    drop(srv);
+    stop(&mut rig, &tr);
+    assert_eq!(
+        net_state(&tr.host, &tr.tun),
+        before,
+        "state after crash, restart and exit"
+    );
+}
+
 #[test]
 fn go_node_uses_tailrouter_as_exit_node() {
     let mut rig = Rig::new("exo").unwrap();
@@ -264,6 +442,24 @@ fn go_node_uses_tailrouter_as_exit_node() {
     go_up(&go, &hs, &key, &[]);
     let tr = rig.tailrouter_node("tr", false).unwrap();
     let inet = internet_behind(&mut rig, &tr.host);
+    // The exit node's own resolver is on the "internet" (and nowhere else): only DNS through
+    // the exit node's PeerAPI can answer www.example.test for the Go node.
+    let inet_dns = Host {
+        ns: inet.ns.clone(),
+        ip: "203.0.113.2".into(),
+    };
+    interop::dns::dnsmasq_on(
+        &mut rig,
+        &inet_dns,
+        "inet",
+        &[("example.test", "203.0.113.80")],
+    )
+    .unwrap();
+    std::fs::write(
+        tr.socket.with_file_name("resolv.conf"),
+        "nameserver 203.0.113.2\n",
+    )
+    .unwrap();
     // A LAN on the exit node that is not advertised: users of the exit node must not reach it.
     let lan = rig.bare_host("lan").unwrap();
     rig.wire(
@@ -299,6 +495,7 @@ fn go_node_uses_tailrouter_as_exit_node() {
     );
     assert_eq!(seen, "198.51.100.2", "the exit node masquerades");
     drop(srv);
+    exit_node_dns_via_peerapi(&go, &tr_ip);
     // The exit node's own LAN stays closed (the same server answers the LAN host itself).
     let lan_srv = who_server(&lan, "10.78.0.2", 7201);
     assert_eq!(
