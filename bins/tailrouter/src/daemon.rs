@@ -195,10 +195,8 @@ pub(crate) fn main(args: Vec<OsString>) -> ExitCode {
 }
 
 fn run(cfg: Config) -> Result<(), String> {
-    use ipn::backend::{LocalBackend, Opened};
-    use ipn::localapi::{Backend, Options, Server};
+    use ipn::node::{Node, TunSource};
     use ipn::state::{FileStore, MemStore, StateStore};
-    use std::sync::Arc;
 
     tracing::info!(
         "tailrouter {} starting (tags: {})",
@@ -225,62 +223,27 @@ fn run(cfg: Config) -> Result<(), String> {
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
-    // A damaged state file stops the daemon first, before anything touches the host (TUN,
-    // routes) or could register a new node over the old identity; the file is left as it is.
-    let (mut backend, opened) = LocalBackend::open(store, None, ipn::VERSION)
-        .map_err(|e| format!("refusing to start: {e}"))?;
-    // Then the data plane: the TUN device and the UDP port are the daemon's to hold, and a
-    // missing privilege is better reported before anything talks to control.
-    let mut opts = ipn::dataplane::Options::new(&cfg.tun, cfg.port);
-    opts.resolv_conf = cfg.resolv_conf.clone();
-    let disco = opts.disco.clone();
-    let dataplane = rt.block_on(ipn::dataplane::DataPlane::start(opts))?;
-    let (driver, mut events) = ipn::control::Driver::spawn_with(
-        rt.handle(),
-        ipn::VERSION,
-        disco,
-        Some(std::sync::Arc::clone(&dataplane)),
-    );
-    backend.set_control(driver);
-    backend.set_ephemeral(cfg.state == StateLocation::Memory);
-    backend.set_dataplane(std::sync::Arc::clone(&dataplane));
-    match opened {
-        Opened::NewNode => tracing::info!("new node: state created"),
-        Opened::ImportedFromGo(backup) => tracing::info!(
-            "imported the node from Go tailscaled's state file (original kept at {})",
-            backup.as_deref().unwrap_or("nowhere: not a file store")
-        ),
-        _ => {}
-    }
+    // The composition is the core's (ipn::node, the same the embedding example uses): a
+    // damaged state file stops the daemon before anything touches the host, then the data
+    // plane takes the TUN device and the UDP port, then control and the LocalAPI start.
+    let builder = Node::builder()
+        .state_store(store)
+        .ephemeral(cfg.state == StateLocation::Memory)
+        .tun(TunSource::open(&cfg.tun))
+        .port(cfg.port)
+        .resolv_conf(cfg.resolv_conf.clone())
+        .localapi_socket(Some(cfg.socket.clone()));
     rt.block_on(async {
+        // Watched from before the start: a signal during start-up stops the node once it is
+        // up, with the host put back, instead of killing it half-way.
         let stop = Stopper::new()?;
-        let server = Server::bind(&cfg.socket).map_err(|e| e.to_string())?;
-        let backend = Arc::new(backend);
-        // The control driver's reports go to the backend, in order.
-        let b = Arc::clone(&backend);
-        tokio::spawn(async move {
-            while let Some(ev) = events.recv().await {
-                if let Err(e) = b.control_event(ev) {
-                    tracing::error!("control event: {e}");
-                }
-            }
-        });
-        // Like Go's daemon, start the backend with the stored prefs at boot: a node that was
-        // running (WantRunning) reconnects by itself with its stored keys.
-        if let Err(e) = backend.start(Options::default()) {
-            tracing::warn!("start at boot: {e}");
-        }
-        tracing::info!("LocalAPI listening on {}", cfg.socket.display());
-        // The server removes its socket when it returns.
-        server.serve(backend, stop.wait()).await;
-        // The gateway's port mapping is released while the runtime still runs.
-        dataplane.stop_port_mapping().await;
+        let node = builder.start().await.map_err(|e| e.to_string())?;
+        stop.wait().await;
+        // LocalAPI socket removed, port mapping released, and the addresses, routes and
+        // rules added to the host removed on the way out.
+        node.shutdown().await;
         Ok::<(), String>(())
-    })?;
-    // Addresses, routes and rules added to the host are removed on the way out.
-    dataplane.close();
-    tracing::info!("stopped");
-    Ok(())
+    })
 }
 
 /// Creates the state directory readable by its owner only, as state holds private keys.

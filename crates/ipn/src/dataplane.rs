@@ -79,6 +79,25 @@ impl Device for TunDevice {
     }
 }
 
+/// A caller-provided TUN descriptor as the engine's device.
+struct FdDevice(tstun_wrap::tun::FdTun);
+
+impl Device for FdDevice {
+    fn recv(&self, buf: &mut [u8]) -> impl Future<Output = std::io::Result<usize>> + Send {
+        self.0.recv(buf)
+    }
+    fn send(&self, packet: &[u8]) -> impl Future<Output = std::io::Result<usize>> + Send {
+        self.0.send(packet)
+    }
+    fn try_recv(&self, buf: &mut [u8]) -> std::io::Result<Option<usize>> {
+        match self.0.try_recv(buf) {
+            Ok(n) => Ok(Some(n)),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
 /// The engine's hooks: `tstun-wrap`'s chain (service-address intercept, packet filter).
 pub struct FilterHooks {
     chain: Chain,
@@ -117,6 +136,9 @@ type RouterKey = (Vec<IpPrefix>, Vec<IpPrefix>, Vec<IpPrefix>);
 #[derive(Default)]
 struct Applied {
     rules_key: Option<RulesKey>,
+    /// The rules in force, for the PeerAPI's access checks.
+    #[cfg(feature = "peerapiserver")]
+    rules: Option<Rules>,
     router: Option<RouterKey>,
     #[cfg(feature = "osrouter")]
     netfilter: Option<osrouter::NetfilterConfig>,
@@ -148,6 +170,12 @@ pub struct DataPlane {
     /// The port-mapping task and what tells it to release its mapping and end.
     #[cfg(feature = "portmapper")]
     portmap: Mutex<Option<(Arc<tokio::sync::Notify>, tokio::task::JoinHandle<()>)>>,
+    /// The PeerAPI server and whether its Hostinfo services changed since control was told.
+    #[cfg(feature = "peerapiserver")]
+    peerapi: Arc<crate::peerapi::PeerApi>,
+    services_changed: std::sync::atomic::AtomicBool,
+    /// Set by [`DataPlane::down`]: the next netmap is applied as if it were the first.
+    forget_applied: std::sync::atomic::AtomicBool,
     _poller: tokio::task::JoinHandle<()>,
 }
 
@@ -171,6 +199,29 @@ impl DataPlane {
     pub async fn start(opts: Options) -> Result<Arc<DataPlane>, String> {
         let tun = Tun::open(&opts.tun).map_err(|e| format!("cannot open the TUN device: {e}"))?;
         let tun_name = tun.name().to_string();
+        Self::start_with_device(opts, tun_name, TunDevice(tun)).await
+    }
+
+    /// Starts on a TUN device the caller opened ([`tstun_wrap::tun::FdTun`], see its
+    /// contract); `opts.tun` is not used: the name comes from the device.
+    pub async fn start_with_fd(
+        opts: Options,
+        fd: std::os::fd::OwnedFd,
+    ) -> Result<Arc<DataPlane>, String> {
+        let tun = tstun_wrap::tun::FdTun::from_fd(fd)
+            .map_err(|e| format!("cannot use the given TUN descriptor: {e}"))?;
+        let tun_name = tun.name().to_string();
+        Self::start_with_device(opts, tun_name, FdDevice(tun)).await
+    }
+
+    /// Starts on any packet device: `device` carries the node's IP packets, `tun_name` is the
+    /// host interface it stands for (osrouter puts addresses, routes and rules there, so with
+    /// that tag it must exist). `opts.tun` is not used.
+    pub async fn start_with_device<D: Device>(
+        opts: Options,
+        tun_name: String,
+        device: D,
+    ) -> Result<Arc<DataPlane>, String> {
         #[cfg(feature = "osrouter")]
         let router = osrouter::Router::new(&tun_name)
             .map_err(|e| format!("cannot configure {tun_name}: {e}"))?;
@@ -207,7 +258,7 @@ impl DataPlane {
             peers: Vec::new(),
             derp_map: None,
         };
-        let engine = engine::spawn(eopts, cfg, TunDevice(tun), hooks)
+        let engine = engine::spawn(eopts, cfg, device, hooks)
             .await
             .map_err(|e| format!("cannot start the engine: {e}"))?;
         let engine = Arc::new(engine);
@@ -254,6 +305,10 @@ impl DataPlane {
                 exit: Mutex::new(None),
                 #[cfg(feature = "portmapper")]
                 portmap: Mutex::new(start_port_mapper(Arc::downgrade(&engine_for_pm))),
+                #[cfg(feature = "peerapiserver")]
+                peerapi: Arc::new(crate::peerapi::PeerApi::new()),
+                services_changed: std::sync::atomic::AtomicBool::new(false),
+                forget_applied: std::sync::atomic::AtomicBool::new(false),
                 _poller: poller,
             }
         }))
@@ -295,6 +350,46 @@ impl DataPlane {
     pub fn dns_down(&self) {
         #[cfg(feature = "netstack")]
         self.quad100.close();
+    }
+
+    /// `tailscale down`: the host's routing, firewall and DNS go back to how they were, the
+    /// PeerAPI stops and the engine forgets its peers (nothing reaches the TUN device from
+    /// them any more), as Go does. The data plane stays, and the next netmap (after `up`)
+    /// installs everything again.
+    pub fn down(&self) {
+        self.dns_down();
+        #[cfg(feature = "osrouter")]
+        if let Ok(mut g) = self.router.lock()
+            && let Some(r) = g.as_mut()
+            && let Err(e) = r.down()
+        {
+            tracing::warn!("restoring the host's routing: {e}");
+        }
+        self.forget_applied
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        #[cfg(feature = "peerapiserver")]
+        if self.peerapi.listen_on(&[]) {
+            self.services_changed
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        if let Ok(mut g) = self.exit.lock() {
+            *g = None;
+        }
+        let engine = Arc::clone(&self.engine);
+        tokio::spawn(async move {
+            let cfg = engine::Config {
+                private_key: NodePrivate::generate(),
+                peers: Vec::new(),
+                derp_map: None,
+            };
+            let _ = engine.set_config(cfg).await;
+            let _ = engine
+                .with_hooks(|h| {
+                    h.chain.set_rules(Rules::allow_none());
+                    h.chain.set_open_ports(Vec::new());
+                })
+                .await;
+        });
     }
 
     /// The UDP port in use.
@@ -391,6 +486,12 @@ impl DataPlane {
             return;
         }
         let mut applied = self.applied.lock().await;
+        if self
+            .forget_applied
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+        {
+            *applied = Applied::default();
+        }
         // Rules are recompiled only when the filter or our local networks change.
         let rules_key = Some((
             nm.packet_filters.clone(),
@@ -407,6 +508,10 @@ impl DataPlane {
                 tracing::warn!("packet filter: {e}");
             }
             tracing::debug!("packet filter: {} rules", rules.rule_count());
+            #[cfg(feature = "peerapiserver")]
+            {
+                applied.rules = Some(rules.clone());
+            }
             let _ = self
                 .engine
                 .with_hooks(move |h| h.chain.set_rules(rules))
@@ -436,6 +541,65 @@ impl DataPlane {
             self.set_router(&want);
             applied.router = Some(want);
         }
+        drop(applied);
+        #[cfg(feature = "peerapiserver")]
+        self.update_peerapi(nm, me, &prefs).await;
+    }
+
+    /// The PeerAPI follows our addresses (now on the TUN device) and the netmap's peers and
+    /// filter; the packet filter lets SYNs to its port in.
+    #[cfg(feature = "peerapiserver")]
+    async fn update_peerapi(
+        &self,
+        nm: &control_client::NetworkMap,
+        me: &tailcfg::Node,
+        prefs: &RoutePrefs,
+    ) {
+        let addrs: Vec<IpAddr> = me.addresses.iter().map(|a| a.addr()).collect();
+        let rules = self.applied.lock().await.rules.clone();
+        let view = crate::peerapi::View {
+            self_user: me.user,
+            peers: nm
+                .peers
+                .values()
+                .flat_map(|p| p.addresses.iter().map(move |a| (a.addr(), p.user)))
+                .collect(),
+            offering_exit: prefs.advertises_exit_node(),
+            filtered: nm
+                .dns_config
+                .as_ref()
+                .map(|d| d.exit_node_filtered_set.clone())
+                .unwrap_or_default(),
+            rules,
+            #[cfg(feature = "netstack")]
+            nameservers: self.quad100.base_nameservers(),
+            #[cfg(not(feature = "netstack"))]
+            nameservers: Vec::new(),
+        };
+        self.peerapi.set_view(view);
+        if self.peerapi.listen_on(&addrs) {
+            let open = self.peerapi.open_ports();
+            let _ = self
+                .engine
+                .with_hooks(move |h| h.chain.set_open_ports(open))
+                .await;
+            self.services_changed
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// The services to announce in Hostinfo (the PeerAPI's ports).
+    pub fn services(&self) -> Vec<tailcfg::Service> {
+        #[cfg(feature = "peerapiserver")]
+        return self.peerapi.services();
+        #[cfg(not(feature = "peerapiserver"))]
+        Vec::new()
+    }
+
+    /// Whether [`DataPlane::services`] changed since the last call (control must be told).
+    pub fn take_services_changed(&self) -> bool {
+        self.services_changed
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The firewall settings the prefs ask for, applied when they change.

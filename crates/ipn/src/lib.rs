@@ -17,6 +17,10 @@
 //!   crate wired into the backend: registration, the map long-poll, reconnects, logout.
 //! - `dns` (with the `netstack` tag): quad-100, the netstack fed by the TUN hook and, with the
 //!   `dns` tag, MagicDNS answering it.
+//! - [`node`]: the whole node behind one builder ([`node::Node::builder`]), for firmware that
+//!   embeds the core: a caller-provided state store and TUN device, an optional LocalAPI.
+//! - `peerapi` (with the `peerapiserver` tag): the PeerAPI server on the tailnet addresses,
+//!   answering DNS for the nodes that use this one as exit node.
 //! - [`localapi`] is re-exported so the binary reaches the server and client through the core.
 
 pub mod backend;
@@ -24,6 +28,9 @@ pub mod control;
 pub mod dataplane;
 #[cfg(feature = "netstack")]
 pub mod dns;
+pub mod node;
+#[cfg(feature = "peerapiserver")]
+mod peerapi;
 pub mod routing;
 pub mod state;
 pub mod tags;

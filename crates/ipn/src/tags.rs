@@ -21,8 +21,14 @@ pub const HAS_NETSTACK: bool = cfg!(feature = "netstack");
 /// Whether tag `osrouter` is compiled in: Configure the OS: addresses on the TUN, routes, policy rules.
 pub const HAS_OSROUTER: bool = cfg!(feature = "osrouter");
 
+/// Whether tag `peerapiserver` is compiled in: Serve the PeerAPI to peers (DNS for nodes that use this one as exit node).
+pub const HAS_PEERAPISERVER: bool = cfg!(feature = "peerapiserver");
+
 /// Whether tag `portmapper` is compiled in: Ask the local gateway for a port mapping (NAT-PMP, PCP, UPnP IGD) to get direct paths.
 pub const HAS_PORTMAPPER: bool = cfg!(feature = "portmapper");
+
+/// Whether tag `shell` is compiled in: A small `sh` personality (argv[0] `sh`) so a container holding only this binary has a shell for RouterOS's /container/shell.
+pub const HAS_SHELL: bool = cfg!(feature = "shell");
 
 /// Every tag this version of tailrouter can build, with whether this build has it.
 pub const ALL: &[(&str, bool)] = &[
@@ -30,5 +36,7 @@ pub const ALL: &[(&str, bool)] = &[
     ("dns", HAS_DNS),
     ("netstack", HAS_NETSTACK),
     ("osrouter", HAS_OSROUTER),
+    ("peerapiserver", HAS_PEERAPISERVER),
     ("portmapper", HAS_PORTMAPPER),
+    ("shell", HAS_SHELL),
 ];

@@ -6,7 +6,8 @@
 //! directions with connection tracking, and injection of packets the node itself generates.
 //! No feature combination may make a hook panic.
 //!
-//! - [`tun`]: the kernel TUN device with non-blocking tokio I/O and batched reads and writes.
+//! - [`tun`]: the kernel TUN device with non-blocking tokio I/O and batched reads and writes;
+//!   [`tun::FdTun`] drives a TUN descriptor the caller opened (embedding firmware).
 //! - [`hooks`]: the chain every packet meets: the service-address intercept (netstack tag),
 //!   the packet filter out and in.
 //! - [`tsmp`]: TSMP (IP protocol 99), Tailscale's in-tunnel messages, sans-IO: parse pings,

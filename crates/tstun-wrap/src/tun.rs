@@ -299,3 +299,125 @@ impl Tun {
         r.map(|_| ())
     }
 }
+
+/// Opens a TUN device the way router firmware usually does, and hands back only its file
+/// descriptor: `/dev/net/tun` with `TUNSETIFF` (`IFF_TUN | IFF_NO_PI`, no offload), MTU set,
+/// link up. For embedders and tests that want to show the "caller-provided device" path
+/// ([`FdTun::from_fd`]) without unsafe code of their own. Needs `CAP_NET_ADMIN`; no runtime.
+pub fn open_fd(config: &TunConfig) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::AsFd;
+    if config.name.is_empty() || config.name.len() > 15 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("TUN name {:?} must be 1 to 15 bytes", config.name),
+        ));
+    }
+    let dev = tun_rs::DeviceBuilder::new()
+        .name(config.name.as_str())
+        .mtu(config.mtu)
+        .packet_information(false)
+        .offload(false)
+        .enable(true)
+        .build_sync()
+        .map_err(|e| io::Error::new(e.kind(), format!("TUN {}: {e}", config.name)))?;
+    // A duplicate refers to the same open device; tun-rs's own descriptor closes on drop and
+    // the interface lives on as long as ours is open.
+    dev.as_fd().try_clone_to_owned()
+}
+
+/// A TUN device the caller opened (firmware often opens `/dev/net/tun` itself and issues
+/// `TUNSETIFF`), given as its file descriptor and driven by tokio's reactor.
+///
+/// The descriptor must be a Linux TUN device opened with `IFF_TUN | IFF_NO_PI` and without
+/// `IFF_VNET_HDR`: every read and write carries one bare IP packet. Its MTU and link state are
+/// the caller's (set before or after; the node does not change them). No offload, no batching
+/// beyond what the engine drains per wake-up.
+pub struct FdTun {
+    // tokio 1.54 made `AsyncFd` registration `unsafe` (I/O safety of an arbitrary `AsRawFd`);
+    // its pipe halves take an `OwnedFd` safely and do nothing but readiness-driven read(2) and
+    // write(2), which is all a TUN descriptor needs. One half per direction, on a duplicate
+    // descriptor each (epoll registers a descriptor once).
+    rx: tokio::net::unix::pipe::Receiver,
+    tx: tokio::net::unix::pipe::Sender,
+    name: String,
+}
+
+impl std::fmt::Debug for FdTun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FdTun").field("name", &self.name).finish()
+    }
+}
+
+/// The interface name of a TUN descriptor, from the `iff:` line the kernel's TUN driver adds
+/// to `/proc/self/fdinfo/<fd>`; `None` for a descriptor that is not an attached TUN device.
+fn tun_name_of(fd: std::os::fd::RawFd) -> io::Result<Option<String>> {
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))?;
+    Ok(info
+        .lines()
+        .find_map(|l| l.strip_prefix("iff:"))
+        .map(|n| n.trim().to_string())
+        .filter(|n| !n.is_empty()))
+}
+
+impl FdTun {
+    /// Takes over an open TUN descriptor: checks it is an attached TUN device (its name comes
+    /// from the kernel), makes it non-blocking and registers it with tokio. Must be called
+    /// inside a tokio runtime with I/O enabled. The descriptor is closed when this is dropped.
+    ///
+    /// Checked: that the descriptor is a TUN device attached to an interface. Not checked
+    /// (the kernel does not tell without an ioctl): `IFF_NO_PI` and the absence of
+    /// `IFF_VNET_HDR`; a descriptor opened otherwise yields packets with a header in front,
+    /// which the filter drops as malformed.
+    pub fn from_fd(fd: std::os::fd::OwnedFd) -> io::Result<Self> {
+        use std::os::fd::AsRawFd;
+        let name = tun_name_of(fd.as_raw_fd())?.ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the descriptor is not a TUN device attached to an interface (no iff: in its fdinfo)",
+            )
+        })?;
+        // socket2's fcntl(F_SETFL, O_NONBLOCK) works on any descriptor; it spares this crate
+        // an unsafe libc call. The descriptor is unwrapped again at once.
+        let s = socket2::Socket::from(fd);
+        s.set_nonblocking(true)?;
+        let fd = std::os::fd::OwnedFd::from(s);
+        let dup = fd.try_clone()?;
+        Ok(Self {
+            rx: tokio::net::unix::pipe::Receiver::from_owned_fd_unchecked(fd)?,
+            tx: tokio::net::unix::pipe::Sender::from_owned_fd_unchecked(dup)?,
+            name,
+        })
+    }
+
+    /// The interface name the kernel gave the device.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Reads one IP packet, waiting for it. Cancel-safe.
+    pub async fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            self.rx.readable().await?;
+            match self.rx.try_read(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                r => return r,
+            }
+        }
+    }
+
+    /// Reads one IP packet if one is ready (`WouldBlock` otherwise).
+    pub fn try_recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        self.rx.try_read(buf)
+    }
+
+    /// Writes one IP packet, waiting until the device accepts it.
+    pub async fn send(&self, packet: &[u8]) -> io::Result<usize> {
+        loop {
+            self.tx.writable().await?;
+            match self.tx.try_write(packet) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                r => return r,
+            }
+        }
+    }
+}

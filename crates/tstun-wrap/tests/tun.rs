@@ -251,3 +251,88 @@ fn mtu_is_configurable() {
         assert!(link.contains("mtu 1420"), "{link}");
     });
 }
+
+#[test]
+fn a_descriptor_that_is_not_a_tun_is_refused() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
+    let Ok(rt) = rt else { panic!("runtime") };
+    rt.block_on(async {
+        let f = File::open("/proc/self/status").unwrap();
+        let r = tstun_wrap::tun::FdTun::from_fd(f.into());
+        assert!(
+            r.as_ref()
+                .is_err_and(|e| e.kind() == io::ErrorKind::InvalidInput),
+            "{r:?}"
+        );
+    });
+}
+
+/// The caller-provided path: the descriptor of a TUN opened as firmware does
+/// (`open_fd`), taken over by `FdTun`, whose name comes from the kernel; a datagram read from
+/// it and answered through it.
+#[test]
+fn a_caller_opened_descriptor_reads_and_writes_ip_packets() {
+    let ns = Netns::new("fd");
+    let nsname = ns.0.clone();
+    in_netns(&ns, move || async move {
+        let fd = tstun_wrap::tun::open_fd(&TunConfig {
+            name: "trfd0".into(),
+            mtu: 1400,
+        });
+        let fd = match fd {
+            Ok(f) => f,
+            Err(e) => panic!("open TUN descriptor: {e}"),
+        };
+        let link = ip(&["-n", &nsname, "link", "show", "trfd0"]);
+        assert!(link.contains("mtu 1400") && link.contains(",UP"), "{link}");
+        let tun = match tstun_wrap::tun::FdTun::from_fd(fd) {
+            Ok(t) => t,
+            Err(e) => panic!("FdTun: {e}"),
+        };
+        assert_eq!(tun.name(), "trfd0");
+        ip(&[
+            "-n",
+            &nsname,
+            "addr",
+            "add",
+            "198.18.9.1/24",
+            "dev",
+            "trfd0",
+        ]);
+        let sock = UdpSocket::bind("198.18.9.1:0").unwrap();
+        sock.set_nonblocking(true).unwrap();
+        let sock = tokio::net::UdpSocket::from_std(sock).unwrap();
+        let far: SocketAddr = "198.18.9.2:9999".parse().unwrap();
+        sock.send_to(b"ping over fd", far).await.unwrap();
+        let mut buf = vec![0u8; 65536];
+        let packet = loop {
+            let n = tun.recv(&mut buf).await.unwrap();
+            // Bare IP packets: no packet-information or virtio header in front.
+            if udp4(&buf[..n]).is_some_and(|(_, d, _)| d == far) {
+                break buf[..n].to_vec();
+            }
+        };
+        assert_eq!(udp4(&packet).unwrap().2, b"ping over fd");
+        // Nothing more waiting: try_recv says so instead of blocking.
+        let mut more = [0u8; 2048];
+        let r = tun.try_recv(&mut more);
+        assert!(
+            r.as_ref()
+                .is_err_and(|e| e.kind() == io::ErrorKind::WouldBlock)
+                || r.as_ref().is_ok_and(|&n| udp4(&more[..n]).is_none()),
+            "{r:?}"
+        );
+        assert_eq!(tun.send(&mirror(&packet)).await.unwrap(), packet.len());
+        let mut got = [0u8; 2048];
+        let (n, from) = sock.recv_from(&mut got).await.unwrap();
+        assert_eq!((&got[..n], from), (&b"ping over fd"[..], far));
+    });
+    // The interface lives as long as its descriptor: gone once FdTun was dropped.
+    let out = Command::new("ip")
+        .args(["-n", &ns.0, "link", "show", "trfd0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "trfd0 outlived its descriptor");
+}
