@@ -66,8 +66,9 @@ RUN case "${TARGETPLATFORM}" in \
     esac > /etc/rust-target \
  && rustup target add "$(cat /etc/rust-target)"
 COPY . /src/
-# The tag set, exactly as `cargo xtask build` takes it (the router set by default).
-ARG TAGS="--min --add=osrouter,dns,netstack"
+# The tag set, exactly as `cargo xtask build` takes it (the router set and the `sh` personality
+# by default, as `cargo xtask image` builds).
+ARG TAGS="--min --add=osrouter,dns,netstack,shell"
 # The commit the binary reports in --version (the build context has no .git).
 ARG COMMIT=""
 # TAGS is split into words on purpose (SC2086).
@@ -86,17 +87,19 @@ RUN --mount=type=cache,id=tailrouter-target-${TARGETARCH}${TARGETVARIANT},target
     fi; \
     if [ "$TARGETPLATFORM" = "$BUILDPLATFORM" ]; then /out/tailscaled --version; fi; \
     mkdir -p /rootfs/usr/local/bin /rootfs/etc/ssl/certs /rootfs/var/lib/tailscale \
-             /rootfs/var/run/tailscale /rootfs/tmp; \
+             /rootfs/var/run/tailscale /rootfs/tmp /rootfs/bin; \
     chmod 1777 /rootfs/tmp; \
     chmod 0700 /rootfs/var/lib/tailscale; \
     cp -a /out/. /rootfs/usr/local/bin/; \
     for name in tailscale tailscaled; do \
       test "$(readlink "/rootfs/usr/local/bin/$name")" = tailrouter; \
     done; \
+    ln -s ../usr/local/bin/tailrouter /rootfs/bin/sh; \
     cp /etc/ssl/certs/ca-certificates.crt /rootfs/etc/ssl/certs/ca-certificates.crt
 
 # ---------------------------------------------------------------------------------------------
-# image: nothing but the binary, its two names, CA roots and the directories it uses.
+# image: nothing but the binary, its two names and /bin/sh (its `sh` personality, for RouterOS
+# /container/shell), CA roots and the directories it uses.
 FROM scratch AS image
 COPY --from=build /rootfs/ /
 ENV PATH=/usr/local/bin \

@@ -85,7 +85,8 @@ install_debs() {
     # `miniupnpd` package, whose postinst asks debconf questions and starts a system service;
     # nothing here runs outside the rig's namespaces. nftables gives it a firewall to edit
     # and the test its `nft`; iptables is the other firewall back-end (osrouter and router tests).
-    local required="iproute2 iputils-ping iperf3 dnsutils dnsmasq-base curl jq openssl wireguard-go wireguard-tools miniupnpd-nftables nftables iptables"
+    # skopeo and umoci check `cargo xtask image`'s archive as real OCI tools read it (xtask/tests/image.rs).
+    local required="iproute2 iputils-ping iperf3 dnsutils dnsmasq-base curl jq openssl wireguard-go wireguard-tools miniupnpd-nftables nftables iptables skopeo umoci"
     local optional="sqlite3 dnsperf"
     local missing_req="" missing_opt="" p
     for p in $required; do

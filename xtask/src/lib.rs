@@ -6,6 +6,7 @@ pub mod codegen;
 pub mod demo;
 pub mod dist;
 pub mod fuzz;
+pub mod image;
 pub mod registry;
 pub mod suite;
 

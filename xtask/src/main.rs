@@ -4,6 +4,8 @@
 //!   featuretags [--min] [--add=a,b] [--remove=c] [--list]   resolve an allowlist of tags
 //!   build [--min] [--add=..] [--remove=..] [--target T] [--out DIR] [--static]
 //!                                                           build the combined binary
+//!   image [--min] [--add=..] [--remove=..] [--target T] [--out FILE]
+//!                                                           RouterOS image archive, no Docker
 //!   size [--target T]                                       binary size per tag
 //!   check                                                   registry and Cargo features agree
 //!   gen                                                     regenerate crates/ipn/src/tags.rs
@@ -22,6 +24,9 @@ commands:
         print the resolved allowlist of feature tags (dependencies pulled in)
   build [--min] [--add=a,b] [--remove=c] [--target T] [--out DIR] [--static]
         build the combined tailscale+tailscaled binary with exactly that set; print set and size
+  image [--min] [--add=a,b] [--remove=c] [--target T] [--out FILE]
+        a container image archive (docker-save format, uncompressed layer) that RouterOS imports,
+        built without Docker around the static binary; default tags --min --add=osrouter,dns,netstack,shell
   size [--target T]
         binary size with every tag omitted, then with each tag added (dependencies included)
   check
@@ -175,6 +180,52 @@ fn run(args: &[String]) -> Result<(), String> {
                 built.binary.display(),
                 built.size,
                 built.size as f64 / 1048576.0
+            );
+            Ok(())
+        }
+        "image" => {
+            let o = parse_opts(rest, &["--min", "--add", "--remove", "--target", "--out"])?;
+            let problems = check::run(&root);
+            if !problems.is_empty() {
+                return Err(format!(
+                    "not building, `cargo xtask check` fails:\n{}",
+                    problems.join("\n")
+                ));
+            }
+            let reg = load_registry()?;
+            let b = xtask::image::build(
+                &root,
+                &reg,
+                &xtask::image::ImageOpts {
+                    req: o.req,
+                    target: o.target,
+                    out: o.out,
+                },
+            )?;
+            let set: Vec<&str> = b.features.iter().map(String::as_str).collect();
+            println!("feature set: {}", set.join(","));
+            println!(
+                "platform: linux/{}{}",
+                b.platform.arch,
+                b.platform
+                    .variant
+                    .map(|v| format!("/{v}"))
+                    .unwrap_or_default()
+            );
+            println!(
+                "binary: {} bytes; rootfs files: {} bytes ({:.2} MiB); layer tar: {} bytes",
+                b.binary_size,
+                b.rootfs_bytes,
+                b.rootfs_bytes as f64 / 1048576.0,
+                b.layer_size
+            );
+            println!("layer: {}", b.diff_id);
+            println!(
+                "image: {} ({} bytes, {:.2} MiB, sha256 {})",
+                b.path.display(),
+                b.archive_size,
+                b.archive_size as f64 / 1048576.0,
+                b.archive_sha256
             );
             Ok(())
         }

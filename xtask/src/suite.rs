@@ -271,6 +271,21 @@ pub fn run(root: &Path, args: &[String]) -> Result<(), String> {
                         "--locked",
                     ],
                 )?;
+                // The embedding test runs the core's example; it needs osrouter (addresses on
+                // its TUN). The no-tags build of the example is the clippy step's.
+                cargo_step(
+                    root,
+                    &[
+                        "build",
+                        "--package",
+                        "ipn",
+                        "--example",
+                        "embed",
+                        "--features",
+                        "osrouter,dns",
+                        "--locked",
+                    ],
+                )?;
                 cargo_step(root, &["test", "--package", "interop", "--locked"])
             }),
         ),

@@ -20,7 +20,7 @@ const TARGETS: [(&str, &str); 3] = [
 ];
 
 /// The tag set of the router image, as `cargo xtask build` takes it.
-const ROUTER_TAGS: &str = "--min --add=osrouter,dns,netstack";
+const ROUTER_TAGS: &str = "--min --add=osrouter,dns,netstack,shell";
 
 fn root() -> PathBuf {
     xtask::workspace_root()
@@ -324,6 +324,7 @@ fn image_runs_tailscaled_with_router_defaults() {
         "/rootfs/etc/ssl/certs/ca-certificates.crt",
         "/rootfs/var/lib/tailscale",
         "/rootfs/var/run/tailscale",
+        "/rootfs/bin/sh",
     ] {
         assert!(
             script.contains(want),
@@ -341,6 +342,34 @@ fn image_runs_tailscaled_with_router_defaults() {
         script.contains("readlink"),
         "the build stage must prove tailscale and tailscaled are links to tailrouter"
     );
+}
+
+/// `cargo xtask image` and the Dockerfile make the same image: process, environment, tags.
+#[test]
+fn dockerfile_and_xtask_image_agree() {
+    let df = Dockerfile::load();
+    let last = df.stages.last().expect("stages");
+    let find = |op: &str| {
+        last.instrs
+            .iter()
+            .find(|i| i.op == op)
+            .unwrap_or_else(|| panic!("the image stage has no {op}"))
+    };
+    assert_eq!(json_array(find("ENTRYPOINT")), xtask::image::ENTRYPOINT);
+    assert_eq!(json_array(find("CMD")), xtask::image::CMD);
+    assert_eq!(json_array(find("VOLUME")), [xtask::image::STATE_DIR]);
+    let env: String = last
+        .instrs
+        .iter()
+        .filter(|i| i.op == "ENV")
+        .map(|i| i.args.clone())
+        .collect::<Vec<_>>()
+        .join(" ");
+    for kv in xtask::image::ENV {
+        assert!(env.contains(kv), "Dockerfile ENV {env:?} lacks {kv}");
+    }
+    let add = format!("--min --add={}", xtask::image::DEFAULT_ADD.join(","));
+    assert_eq!(add, ROUTER_TAGS);
 }
 
 #[test]

@@ -10,6 +10,10 @@ mod logging;
 
 #[cfg(feature = "cli")]
 mod cli;
+#[cfg(feature = "cli")]
+mod containerboot;
+#[cfg(feature = "shell")]
+mod shell;
 
 use std::ffi::OsString;
 use std::path::Path;
@@ -20,6 +24,11 @@ use std::process::ExitCode;
 enum Personality {
     Daemon,
     Cli,
+    /// Configured by environment variables, for containers (docs/container.md).
+    Containerboot,
+    /// `sh`: a small shell for containers that hold nothing but this binary (`shell` tag).
+    #[cfg(feature = "shell")]
+    Shell,
 }
 
 /// Picks the personality from argv[0], else from the first argument (which is then consumed).
@@ -27,6 +36,10 @@ fn personality(args: &mut Vec<OsString>) -> Result<Personality, String> {
     let by_name = |s: &OsString| match Path::new(s).file_name().and_then(|n| n.to_str()) {
         Some("tailscaled") => Some(Personality::Daemon),
         Some("tailscale") => Some(Personality::Cli),
+        Some("containerboot") => Some(Personality::Containerboot),
+        // `-sh` is how login(1) names a login shell.
+        #[cfg(feature = "shell")]
+        Some("sh" | "-sh") => Some(Personality::Shell),
         _ => None,
     };
     if let Some(p) = args.first().and_then(by_name) {
@@ -41,12 +54,16 @@ fn personality(args: &mut Vec<OsString>) -> Result<Personality, String> {
             args.remove(0);
             Ok(Personality::Cli)
         }
+        Some("containerboot") => {
+            args.remove(0);
+            Ok(Personality::Containerboot)
+        }
         Some("--version" | "-version" | "version") => {
             print!("{}", version_text());
             Err(String::new())
         }
         _ => Err(
-            "usage: tailrouter tailscaled [flags] | tailrouter tailscale <command> | tailrouter --version\n\
+            "usage: tailrouter tailscaled [flags] | tailrouter tailscale <command> | tailrouter containerboot | tailrouter --version\n\
              (or run it as `tailscaled` or `tailscale` through a link of that name)"
                 .into(),
         ),
@@ -68,6 +85,9 @@ fn main() -> ExitCode {
     match personality(&mut args) {
         Ok(Personality::Daemon) => daemon::main(args),
         Ok(Personality::Cli) => cli_main(args),
+        Ok(Personality::Containerboot) => containerboot_main(args),
+        #[cfg(feature = "shell")]
+        Ok(Personality::Shell) => shell::main(args),
         Err(msg) if msg.is_empty() => ExitCode::SUCCESS,
         Err(msg) => {
             eprintln!("{msg}");
@@ -89,6 +109,20 @@ fn cli_main(_args: Vec<OsString>) -> ExitCode {
     ExitCode::from(2)
 }
 
+#[cfg(feature = "cli")]
+fn containerboot_main(args: Vec<OsString>) -> ExitCode {
+    containerboot::main(args)
+}
+
+/// The boot runs `tailscale up` through the CLI's code, so it needs the `cli` tag.
+#[cfg(not(feature = "cli"))]
+fn containerboot_main(_args: Vec<OsString>) -> ExitCode {
+    eprintln!(
+        "containerboot: this build has no CLI (the `cli` feature tag was left out), which the boot uses for `tailscale up`"
+    );
+    ExitCode::from(2)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,6 +138,11 @@ mod tests {
         assert_eq!(a.len(), 2, "argv0 choice consumes nothing");
         let mut a = os(&["tailscale", "status"]);
         assert_eq!(personality(&mut a), Ok(Personality::Cli));
+        let mut a = os(&["/usr/local/bin/containerboot"]);
+        assert_eq!(personality(&mut a), Ok(Personality::Containerboot));
+        let mut a = os(&["tailrouter", "containerboot"]);
+        assert_eq!(personality(&mut a), Ok(Personality::Containerboot));
+        assert_eq!(a, os(&["containerboot"]));
     }
 
     #[test]
@@ -122,6 +161,18 @@ mod tests {
         let e = personality(&mut a).unwrap_err();
         assert!(e.starts_with("usage:"), "{e}");
         let mut a = os(&["tailrouter"]);
+        assert!(personality(&mut a).is_err());
+    }
+
+    #[cfg(feature = "shell")]
+    #[test]
+    fn sh_by_argv0_is_the_shell() {
+        for name in ["/bin/sh", "sh", "-sh"] {
+            let mut a = os(&[name, "-c", "true"]);
+            assert_eq!(personality(&mut a), Ok(Personality::Shell), "{name}");
+            assert_eq!(a.len(), 3, "argv0 choice consumes nothing");
+        }
+        let mut a = os(&["/bin/shell"]);
         assert!(personality(&mut a).is_err());
     }
 

@@ -717,6 +717,20 @@ impl Rig {
     /// A new host running tailrouter's daemon (our binary, see [`tailrouter_bin`]) with its
     /// own socket, state file and TUN name. `mem_state` runs it with `--state=mem:`.
     pub fn tailrouter_node(&mut self, name: &str, mem_state: bool) -> Result<TailrouterNode> {
+        let dir = self.dir.join(format!("tr-{name}"));
+        let opts = TailrouterOptions {
+            state: (!mem_state).then(|| dir.join("state/tailscaled.state")),
+            log_verbosity: Some("1".into()),
+        };
+        self.tailrouter_node_with(name, &opts)
+    }
+
+    /// [`Rig::tailrouter_node`] with the state file and the log verbosity `opts` gives.
+    pub fn tailrouter_node_with(
+        &mut self,
+        name: &str,
+        opts: &TailrouterOptions,
+    ) -> Result<TailrouterNode> {
         let bin = tailrouter_bin()?;
         let host = self.host(name)?;
         let tun = self.tun_name(&host);
@@ -727,12 +741,9 @@ impl Rig {
             label: format!("tailrouter-{name}"),
             host,
             socket: dir.join("tailscaled.sock"),
-            state: if mem_state {
-                None
-            } else {
-                Some(dir.join("state/tailscaled.state"))
-            },
+            state: opts.state.clone(),
             tun,
+            log_verbosity: opts.log_verbosity.clone(),
             bin,
         };
         self.start_tailrouter(&node)?;
@@ -747,8 +758,11 @@ impl Rig {
             Some(p) => p.display().to_string(),
             None => "mem:".into(),
         };
+        match &node.log_verbosity {
+            Some(v) => cmd.env("TS_LOG_VERBOSITY", v),
+            None => cmd.env_remove("TS_LOG_VERBOSITY"),
+        };
         cmd.arg("tailscaled")
-            .env("TS_LOG_VERBOSITY", "1")
             // headscale's embedded DERP listens on plain HTTP in the rig.
             .env("TS_DEBUG_USE_DERP_HTTP", "1")
             .arg(format!("--socket={}", node.socket.display()))
@@ -1244,6 +1258,45 @@ pub fn tailrouter_bin() -> Result<PathBuf> {
     Ok(path)
 }
 
+/// The namespace's routing and firewall state, as `ip`, `nft` and `iptables-save` print it,
+/// without the lines of the TUN device (which exists only while the daemon runs), the
+/// kernel's own IPv6 link-local entries (their duplicate-address detection runs on its own
+/// clock) and iptables-save's timestamp comments and counters. Tests compare it before a
+/// daemon starts and after it exits.
+pub fn net_state(host: &Host, tun: &str) -> String {
+    let mut s = String::new();
+    let cmds: [&[&str]; 8] = [
+        &["ip", "-4", "rule"],
+        &["ip", "-6", "rule"],
+        &["ip", "-4", "route", "show", "table", "all"],
+        &["ip", "-6", "route", "show", "table", "all"],
+        &["ip", "-o", "addr"],
+        &["nft", "list", "ruleset"],
+        &["iptables-save"],
+        &["ip6tables-save"],
+    ];
+    for c in cmds {
+        let out = match host.cmd(c[0]).args(&c[1..]).output() {
+            Ok(o) => o,
+            Err(e) => {
+                s += &format!("## {}: cannot run: {e}\n", c.join(" "));
+                continue;
+            }
+        };
+        s += &format!("## {}\n", c.join(" "));
+        for l in String::from_utf8_lossy(&out.stdout).lines() {
+            if l.contains(tun) || l.starts_with('#') || l.contains("fe80:") {
+                continue;
+            }
+            // Counters such as `[0:0]` change with traffic.
+            let l = l.split(" [").next().unwrap_or(l);
+            s += l;
+            s.push('\n');
+        }
+    }
+    s
+}
+
 /// The port-mapping example of the `portmapper` crate (`examples/portmap.rs`):
 /// `$PORTMAP_BIN`, else `<target dir>/debug/examples/portmap`, the target dir found as for
 /// [`tailrouter_bin`]. Missing is a loud failure naming the build command.
@@ -1281,7 +1334,19 @@ pub struct TailrouterNode {
     pub state: Option<PathBuf>,
     /// The TUN name it is given.
     pub tun: String,
+    /// `TS_LOG_VERBOSITY` in the daemon's environment; `None` leaves it unset.
+    pub log_verbosity: Option<String>,
     bin: PathBuf,
+}
+
+/// How [`Rig::tailrouter_node_with`] runs the daemon. The default: `--state=mem:` and
+/// `TS_LOG_VERBOSITY` unset (the daemon's quiet default).
+#[derive(Debug, Clone, Default)]
+pub struct TailrouterOptions {
+    /// The state file (`--state`), or `None` for `mem:`.
+    pub state: Option<PathBuf>,
+    /// `TS_LOG_VERBOSITY` for the daemon, or `None` to leave it unset.
+    pub log_verbosity: Option<String>,
 }
 
 impl TailnetNode for TailrouterNode {

@@ -1,0 +1,318 @@
+//! `cargo xtask image` checked by real OCI tools from Debian (skopeo, umoci) and by running
+//! the unpacked rootfs in fresh namespaces. The static binary is built once per test run
+//! (a release build with fat LTO takes minutes) and shared by every test here.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+
+const INSTALL_HINT: &str =
+    "apt-get install skopeo umoci (the suite's interop/install-peers.sh installs them)";
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Where a tool is; fails the test with an install hint when it is missing.
+fn need(tool: &str) -> PathBuf {
+    std::env::var_os("PATH")
+        .and_then(|p| {
+            std::env::split_paths(&p)
+                .chain(["/usr/sbin".into(), "/sbin".into()])
+                .map(|d| d.join(tool))
+                .find(|f| f.is_file())
+        })
+        .unwrap_or_else(|| panic!("`{tool}` is not installed: {INSTALL_HINT}"))
+}
+
+fn run(cmd: &mut Command) -> Output {
+    let o = cmd
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        o.status.success(),
+        "{cmd:?} failed ({}):\n{}\n{}",
+        o.status,
+        text(&o.stdout),
+        text(&o.stderr)
+    );
+    o
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|v| v.split_whitespace().next().map(|u| u == "0"))
+            .unwrap_or(false)
+    })
+}
+
+fn work_dir() -> PathBuf {
+    let d = std::env::temp_dir().join(format!("xtask-image-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Runs `cargo xtask image --out FILE` with extra environment; returns its stdout.
+fn xtask_image(out: &Path, env: &[(&str, &str)]) -> String {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_xtask"));
+    cmd.args(["image", "--out"])
+        .arg(out)
+        .stderr(Stdio::inherit());
+    cmd.env_remove("SOURCE_DATE_EPOCH");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    text(&run(&mut cmd).stdout)
+}
+
+/// The archive's sha256 as the xtask printed it.
+fn printed_sha(stdout: &str) -> String {
+    stdout
+        .lines()
+        .find_map(|l| l.split("sha256 ").nth(1))
+        .map(|s| s.trim_end_matches(')').to_string())
+        .unwrap_or_else(|| panic!("no sha256 in xtask output: {stdout}"))
+}
+
+fn sha256_of(file: &Path) -> String {
+    let o = run(Command::new("sha256sum").arg(file));
+    text(&o.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The image of the default tag set, built once: (archive path, xtask stdout).
+fn image() -> &'static (PathBuf, String) {
+    static IMAGE: OnceLock<(PathBuf, String)> = OnceLock::new();
+    IMAGE.get_or_init(|| {
+        let out = work_dir().join("a.tar");
+        let stdout = xtask_image(&out, &[]);
+        (out, stdout)
+    })
+}
+
+fn host_arch() -> &'static str {
+    xtask::image::platform_of(&xtask::host_triple())
+        .unwrap()
+        .arch
+}
+
+#[test]
+fn skopeo_reads_it_as_a_docker_save_archive() {
+    need("skopeo");
+    let (file, stdout) = image();
+    assert!(
+        stdout.contains("feature set: cli,dns,netstack,osrouter,shell"),
+        "{stdout}"
+    );
+    let src = format!("docker-archive:{}", file.display());
+    let o = run(Command::new("skopeo").args(["inspect", &src]));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["Architecture"], host_arch());
+    assert_eq!(v["Os"], "linux");
+    assert_eq!(v["Layers"].as_array().map(Vec::len), Some(1));
+    let o = run(Command::new("skopeo").args(["inspect", "--config", &src]));
+    let c: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        c["config"]["Entrypoint"],
+        serde_json::json!(["/usr/local/bin/tailscaled"])
+    );
+    assert_eq!(
+        c["config"]["Cmd"],
+        serde_json::json!([
+            "--statedir=/var/lib/tailscale",
+            "--socket=/var/run/tailscale/tailscaled.sock"
+        ])
+    );
+    assert!(
+        c["config"]["Volumes"]["/var/lib/tailscale"].is_object(),
+        "{c}"
+    );
+    assert_eq!(c["rootfs"]["diff_ids"], v["Layers"]);
+    // The RepoTag in manifest.json names the image inside the archive.
+    let tagged = format!("{src}:tailrouter:{}", env!("CARGO_PKG_VERSION"));
+    run(Command::new("skopeo").args(["inspect", &tagged]));
+}
+
+#[test]
+fn the_unpacked_rootfs_runs_in_fresh_namespaces() {
+    need("skopeo");
+    need("umoci");
+    need("unshare");
+    let chroot = need("chroot");
+    let (file, _) = image();
+    let dir = work_dir().join("unpack");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let oci = format!("oci:{}:tr", dir.join("oci").display());
+    run(Command::new("skopeo").args(["copy", &format!("docker-archive:{}", file.display()), &oci]));
+    let bundle = dir.join("bundle");
+    let mut umoci = Command::new("umoci");
+    umoci.arg("unpack");
+    if !is_root() {
+        umoci.arg("--rootless");
+    }
+    run(umoci
+        .args(["--image", &format!("{}:tr", dir.join("oci").display())])
+        .arg(&bundle));
+    let rootfs = bundle.join("rootfs");
+
+    // The layout and modes the image promises.
+    let link = |p: &str| std::fs::read_link(rootfs.join(p)).unwrap();
+    assert_eq!(link("bin/sh"), Path::new("../usr/local/bin/tailrouter"));
+    assert_eq!(link("usr/local/bin/tailscale"), Path::new("tailrouter"));
+    assert_eq!(link("usr/local/bin/tailscaled"), Path::new("tailrouter"));
+    let mode = |p: &str| {
+        std::fs::metadata(rootfs.join(p))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777
+    };
+    assert_eq!(mode("usr/local/bin/tailrouter"), 0o755);
+    assert_eq!(mode("tmp"), 0o1777);
+    assert_eq!(mode("var/lib/tailscale"), 0o700);
+    assert_eq!(mode("var/run/tailscale"), 0o755);
+    assert_eq!(mode("etc/ssl/certs/ca-certificates.crt"), 0o644);
+    let ca = std::fs::read(rootfs.join("etc/ssl/certs/ca-certificates.crt")).unwrap();
+    assert!(text(&ca).contains("-----BEGIN CERTIFICATE-----"));
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(bundle.join("config.json")).unwrap()).unwrap();
+    assert_eq!(
+        config["process"]["args"],
+        serde_json::json!([
+            "/usr/local/bin/tailscaled",
+            "--statedir=/var/lib/tailscale",
+            "--socket=/var/run/tailscale/tailscaled.sock"
+        ])
+    );
+
+    // Inside: new mount, PID, network, UTS and IPC namespaces, the rootfs as /, the image's
+    // environment only. The shell finds `tailscale` on PATH, as RouterOS's /container/shell.
+    let inside = |script: Option<&str>, stdin: &str| {
+        let mut cmd = Command::new("timeout");
+        cmd.args(["60", "unshare"]);
+        if !is_root() {
+            cmd.arg("--map-root-user");
+        }
+        cmd.args([
+            "--mount", "--pid", "--fork", "--net", "--uts", "--ipc", "env", "-i",
+        ])
+        .args([
+            "PATH=/usr/local/bin",
+            "SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt",
+        ])
+        .arg(&chroot)
+        .arg(&rootfs)
+        .arg("/bin/sh");
+        if let Some(s) = script {
+            cmd.args(["-c", s]);
+        }
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let o = inside(
+        Some(
+            "tailscale version; echo hi; tailscaled --version && ls -l /bin /usr/local/bin; cd /var/lib && pwd",
+        ),
+        "",
+    );
+    let out = text(&o.stdout);
+    assert!(o.status.success(), "{out}\n{}", text(&o.stderr));
+    let version = env!("CARGO_PKG_VERSION");
+    assert!(
+        out.starts_with(&format!(
+            "{version}\n  tags: cli,dns,netstack,osrouter,shell\n"
+        )),
+        "{out}"
+    );
+    assert!(out.contains("\nhi\n"), "{out}");
+    assert_eq!(
+        out.matches("tags: cli,dns,netstack,osrouter,shell").count(),
+        2,
+        "{out}"
+    );
+    assert!(out.contains("sh -> ../usr/local/bin/tailrouter"), "{out}");
+    assert!(out.contains("tailscaled -> tailrouter"), "{out}");
+    assert!(out.ends_with("\n/var/lib\n"), "{out}");
+    // Without -c, commands come from stdin (no terminal, so no prompt), and exit's status.
+    let o = inside(
+        None,
+        "echo from stdin\ntailscale version >/dev/null\nexit 3\n",
+    );
+    assert_eq!(o.status.code(), Some(3));
+    assert!(
+        text(&o.stdout).starts_with("from stdin\n"),
+        "{}",
+        text(&o.stdout)
+    );
+    assert!(
+        text(&o.stderr).contains("redirection"),
+        "{}",
+        text(&o.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn same_inputs_give_the_same_archive() {
+    let (first, stdout) = image();
+    let again = work_dir().join("b.tar");
+    let second = xtask_image(&again, &[]);
+    assert_eq!(
+        printed_sha(stdout),
+        sha256_of(first),
+        "printed digest is the file's"
+    );
+    assert_eq!(
+        sha256_of(first),
+        sha256_of(&again),
+        "two builds, one digest"
+    );
+    assert_eq!(printed_sha(stdout), printed_sha(&second));
+    let _ = std::fs::remove_file(again);
+}
+
+#[test]
+fn unknown_targets_and_options_are_refused() {
+    let o = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["image", "--target", "mipsel-unknown-linux-musl"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(
+        text(&o.stderr).contains("no RouterOS container platform"),
+        "{}",
+        text(&o.stderr)
+    );
+    let o = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["image", "--static"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(
+        text(&o.stderr).contains("unknown option `--static`"),
+        "{}",
+        text(&o.stderr)
+    );
+}
