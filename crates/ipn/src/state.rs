@@ -27,7 +27,9 @@
 //! [`FileStore`] writes atomically: a temporary file in the same directory created with mode
 //! 0600 (never readable by others, not even for a moment), the bytes, `fsync`, `rename` over
 //! the old file, `fsync` of the directory. It first compares the new bytes with the file and
-//! writes nothing when they are equal, so an unchanged save causes no flash write.
+//! writes nothing when they are equal, so an unchanged save causes no flash write; it reads
+//! with `O_NOATIME`, so neither that compare nor the read at start rewrites the inode's
+//! access time (docs/flash.md).
 //!
 //! # Refusing bad files
 //!
@@ -170,6 +172,29 @@ pub struct FileStore {
 
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
+/// Reads a whole file without updating its access time: with the default `relatime` mount
+/// option, the first read after each write would otherwise rewrite the inode, a flash write
+/// for a read (the compare before an unchanged save, every start). `O_NOATIME` needs the
+/// file's owner (or CAP_FOWNER); without it, a plain read.
+fn read_noatime(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read as _;
+    let open = |flags| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(flags)
+            .open(path)
+    };
+    let mut f = match open(libc::O_NOATIME) {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => open(0)?,
+        r => r?,
+    };
+    // Sized up front, like std::fs::read: no reallocation leaves a stray copy of the keys.
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut buf = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+    f.read_to_end(&mut buf)?;
+    Ok(buf)
+}
+
 impl FileStore {
     /// A store at `path` (the file need not exist yet; its directory must).
     pub fn new(path: impl Into<PathBuf>) -> Self {
@@ -250,7 +275,7 @@ impl StateStore for FileStore {
     }
 
     fn read(&self) -> Result<Option<Vec<u8>>, StateError> {
-        match std::fs::read(&self.path) {
+        match read_noatime(&self.path) {
             Ok(b) => {
                 self.make_private()?;
                 Ok(Some(b))
@@ -261,7 +286,7 @@ impl StateStore for FileStore {
     }
 
     fn write(&self, bytes: &[u8]) -> Result<bool, StateError> {
-        match std::fs::read(&self.path) {
+        match read_noatime(&self.path) {
             Ok(old) => {
                 let old = Zeroizing::new(old);
                 if old.as_slice() == bytes {
@@ -277,7 +302,7 @@ impl StateStore for FileStore {
 
     fn back_up_foreign(&self, bytes: &[u8]) -> Result<Option<String>, StateError> {
         let mut backup = PathBuf::from(format!("{}.go-backup", self.path.display()));
-        match std::fs::read(&backup) {
+        match read_noatime(&backup) {
             Ok(old) if old == bytes => return Ok(Some(backup.display().to_string())),
             Ok(_) => {
                 let secs = std::time::SystemTime::now()
@@ -728,6 +753,28 @@ mod tests {
         assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
         assert_eq!(std::fs::read(&path).unwrap(), bytes.as_slice());
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn reads_leave_the_access_time_alone() {
+        use std::os::unix::fs::MetadataExt;
+        let d = temp_dir("noatime");
+        let path = d.join("tailscaled.state");
+        let store = FileStore::new(&path);
+        let bytes = sample().to_bytes();
+        store.write(&bytes).unwrap();
+        // An access time older than the mtime: relatime would update it on the next read.
+        let old = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000);
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_times(std::fs::FileTimes::new().set_accessed(old))
+            .unwrap();
+        store.read().unwrap();
+        assert!(!store.write(&bytes).unwrap(), "an unchanged save wrote");
+        let atime = std::fs::metadata(&path).unwrap().atime();
+        assert_eq!(atime, 1_000_000, "a read updated the access time");
     }
 
     #[test]
