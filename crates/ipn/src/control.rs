@@ -132,6 +132,10 @@ impl Ctx {
         }
     }
 
+    fn registered(&self) -> Option<NodePrivate> {
+        self.registered.lock().ok().and_then(|g| g.clone())
+    }
+
     fn take_registered(&self) -> Option<NodePrivate> {
         self.registered.lock().ok().and_then(|mut g| g.take())
     }
@@ -154,7 +158,8 @@ async fn command_loop(mut rx: mpsc::UnboundedReceiver<Cmd>, ctx: Ctx) {
     while let Some(cmd) = rx.recv().await {
         match cmd {
             Cmd::Start(p) => {
-                let p = *p;
+                let mut p = *p;
+                carry_login(session.as_ref(), ctx.registered(), &mut p);
                 // `up` on a node that is already connected with the same key and the same
                 // Hostinfo changes nothing; new advertised routes or tags need a new session,
                 // whose MapRequest tells control.
@@ -215,6 +220,28 @@ async fn command_loop(mut rx: mpsc::UnboundedReceiver<Cmd>, ctx: Ctx) {
                 }
             }
         }
+    }
+}
+
+/// A `Start` without an auth key that only changes Hostinfo (a hostname, routes, tags) while
+/// a login with an auth key is under way must not turn that login interactive. This is the
+/// container case: the boot's own `up` (with `TS_HOSTNAME`, no key) can arrive just after an
+/// `up --auth-key` typed by hand. Same server and same node key only. If the running session
+/// has already registered a new key (`registered`, its login done but not yet seen by the
+/// backend), the new session goes on with that key, so a single-use auth key is not spent
+/// twice; otherwise it takes the auth key over.
+fn carry_login(current: Option<&Session>, registered: Option<NodePrivate>, p: &mut ControlParams) {
+    let Some(s) = current else { return };
+    if p.auth_key.is_some() || s.params.auth_key.is_none() || s.task.is_finished() {
+        return;
+    }
+    let public = |k: &Option<NodePrivate>| k.as_ref().map(NodePrivate::public);
+    if s.params.control_url != p.control_url || public(&s.params.node_key) != public(&p.node_key) {
+        return;
+    }
+    match registered {
+        Some(k) if Some(k.public()) != public(&p.node_key) => p.node_key = Some(k),
+        _ => p.auth_key.clone_from(&s.params.auth_key),
     }
 }
 
@@ -429,7 +456,12 @@ async fn attempt(p: &ControlParams, st: &mut SessionState, ctx: &Ctx) -> End {
     };
     // A reconnect starts from a fresh full map.
     st.netmap = NetworkMap::new();
-    let mut _lite_task: Option<AbortOnDrop> = None;
+    // Updates beside the stream (endpoints, home region, Hostinfo) go one at a time, the
+    // newest replacing any not yet sent. Aborting one in flight for a newer one is not
+    // enough: the server may still apply the older one after the newer (headscale does not
+    // stop a handler when its stream is reset), and a stale home region would then stay.
+    let (lite, lite_rx) = tokio::sync::watch::channel::<Option<MapRequest>>(None);
+    let _lite_task = AbortOnDrop(tokio::spawn(send_lite_updates(Arc::clone(&conn), lite_rx)));
     let mut prefs = ctx.dataplane.as_ref().map(|d| d.route_prefs_changed());
     if let Some(r) = prefs.as_mut() {
         r.mark_unchanged();
@@ -479,18 +511,12 @@ async fn attempt(p: &ControlParams, st: &mut SessionState, ctx: &Ctx) -> End {
                 if info.preferred_derp != 0 {
                     st.preferred_derp = info.preferred_derp;
                 }
-                let mut lite = MapRequest::default();
-                lite.node_key = node.public();
-                lite.disco_key = ctx.disco.public();
-                lite.hostinfo = Some(hostinfo(p, ctx, st.preferred_derp));
-                set_endpoints(&mut lite, &info);
-                let c = Arc::clone(&conn);
-                _lite_task = Some(AbortOnDrop(tokio::spawn(async move {
-                    match c.lite_update(lite).await {
-                        Ok(()) => tracing::debug!("endpoints sent to control"),
-                        Err(e) => tracing::warn!("control: sending endpoints: {e}"),
-                    }
-                })));
+                let mut req = MapRequest::default();
+                req.node_key = node.public();
+                req.disco_key = ctx.disco.public();
+                req.hostinfo = Some(hostinfo(p, ctx, st.preferred_derp));
+                set_endpoints(&mut req, &info);
+                lite.send_replace(Some(req));
             }
             continue;
         };
@@ -528,20 +554,49 @@ async fn attempt(p: &ControlParams, st: &mut SessionState, ctx: &Ctx) -> End {
         let region = lowest_region(&st.netmap);
         if region != 0 && region != st.preferred_derp {
             st.preferred_derp = region;
-            let mut lite = MapRequest::default();
-            lite.node_key = node.public();
-            lite.disco_key = ctx.disco.public();
-            lite.hostinfo = Some(hostinfo(p, ctx, region));
+            let mut req = MapRequest::default();
+            req.node_key = node.public();
+            req.disco_key = ctx.disco.public();
+            req.hostinfo = Some(hostinfo(p, ctx, region));
             // Sent beside the stream, never instead of reading it: a server that stalls on
-            // this request must still trip the map watchdog. A failure only costs the home
-            // region until the next map request, which carries it too.
-            let c = Arc::clone(&conn);
-            _lite_task = Some(AbortOnDrop(tokio::spawn(async move {
-                match c.lite_update(lite).await {
-                    Ok(()) => tracing::debug!("home DERP region {region}"),
-                    Err(e) => tracing::warn!("control: sending the home DERP region: {e}"),
+            // this request must still trip the map watchdog.
+            lite.send_replace(Some(req));
+        }
+    }
+}
+
+/// How long a failed update beside the stream waits before it is sent again (or replaced
+/// by a newer one).
+const LITE_RETRY: Duration = Duration::from_secs(5);
+
+/// Sends the updates beside the map stream in order, one at a time: always the newest, and a
+/// failed one again after [`LITE_RETRY`] unless a newer one replaced it. Ends with the session.
+async fn send_lite_updates(
+    conn: Arc<control_client::ControlClient>,
+    mut rx: tokio::sync::watch::Receiver<Option<MapRequest>>,
+) {
+    loop {
+        if rx.changed().await.is_err() {
+            return;
+        }
+        let Some(mut req) = rx.borrow_and_update().clone() else {
+            continue;
+        };
+        loop {
+            match conn.lite_update(req.clone()).await {
+                Ok(()) => {
+                    tracing::debug!("endpoints and Hostinfo sent to control");
+                    break;
                 }
-            })));
+                Err(e) => tracing::warn!(
+                    "control: sending endpoints and Hostinfo: {e}; again in {}s",
+                    LITE_RETRY.as_secs()
+                ),
+            }
+            tokio::time::sleep(LITE_RETRY).await;
+            if let Some(newer) = rx.borrow_and_update().clone() {
+                req = newer;
+            }
         }
     }
 }
@@ -788,6 +843,73 @@ mod tests {
         assert_eq!(id.len(), 64);
         assert!(id.bytes().all(|c| c.is_ascii_hexdigit()));
         assert_ne!(id, random_hex32());
+    }
+
+    fn params(url: &str, key: Option<&str>, hostname: &str) -> ControlParams {
+        ControlParams {
+            control_url: url.into(),
+            machine_key: tailcfg::key::MachinePrivate::generate(),
+            node_key: None,
+            old_node_key: None,
+            auth_key: key.map(String::from),
+            hostname: hostname.into(),
+            advertise_routes: vec![],
+            advertise_tags: vec![],
+            ephemeral: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_pending_auth_key_login_survives_a_hostinfo_only_start() {
+        let running = Session {
+            params: params("http://hs:8080", Some("hskey-auth-1"), ""),
+            task: tokio::spawn(std::future::pending()),
+        };
+        // The boot's `up`: same server, no node key yet, a hostname, no key.
+        let mut p = params("http://hs:8080", None, "ctr");
+        carry_login(Some(&running), None, &mut p);
+        assert_eq!(p.auth_key.as_deref(), Some("hskey-auth-1"));
+        assert!(p.node_key.is_none());
+        // The running login already registered a key: go on with it, the auth key unspent.
+        let done = NodePrivate::generate();
+        let mut after = params("http://hs:8080", None, "ctr");
+        carry_login(Some(&running), Some(done.clone()), &mut after);
+        assert_eq!(after.auth_key, None);
+        assert_eq!(after.node_key.map(|k| k.public()), Some(done.public()));
+        // Another server: nothing carried.
+        let mut other = params("http://other:8080", None, "ctr");
+        carry_login(Some(&running), None, &mut other);
+        assert_eq!(other.auth_key, None);
+        // Another node key (the backend saw the login, or another node): nothing carried.
+        let mut known = params("http://hs:8080", None, "ctr");
+        known.node_key = Some(NodePrivate::generate());
+        carry_login(Some(&running), None, &mut known);
+        assert_eq!(known.auth_key, None);
+        // A key of its own wins.
+        let mut own = params("http://hs:8080", Some("hskey-auth-2"), "ctr");
+        carry_login(Some(&running), None, &mut own);
+        assert_eq!(own.auth_key.as_deref(), Some("hskey-auth-2"));
+        // An interactive session has no key to carry.
+        let interactive = Session {
+            params: params("http://hs:8080", None, ""),
+            task: tokio::spawn(std::future::pending()),
+        };
+        let mut q = params("http://hs:8080", None, "ctr");
+        carry_login(Some(&interactive), None, &mut q);
+        assert_eq!(q.auth_key, None);
+        // A session that ended carries nothing.
+        let ended = Session {
+            params: params("http://hs:8080", Some("hskey-auth-1"), ""),
+            task: tokio::spawn(async {}),
+        };
+        while !ended.task.is_finished() {
+            tokio::task::yield_now().await;
+        }
+        let mut late = params("http://hs:8080", None, "ctr");
+        carry_login(Some(&ended), None, &mut late);
+        assert_eq!(late.auth_key, None);
+        carry_login(None, None, &mut late);
+        assert_eq!(late.auth_key, None);
     }
 
     #[test]
