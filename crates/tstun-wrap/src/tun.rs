@@ -125,18 +125,7 @@ impl Tun {
 
     /// [`Tun::open`] with offload on or off as asked: no fallback.
     pub fn open_with(config: &TunConfig, offload: bool) -> io::Result<Self> {
-        if config.name.is_empty() || config.name.len() > 15 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("TUN name {:?} must be 1 to 15 bytes", config.name),
-            ));
-        }
-        let dev = tun_rs::DeviceBuilder::new()
-            .name(config.name.as_str())
-            .mtu(config.mtu)
-            .packet_information(false)
-            .offload(offload)
-            .enable(true)
+        let dev = builder(config, offload)?
             .build_async()
             .map_err(|e| io::Error::new(e.kind(), format!("TUN {}: {e}", config.name)))?;
         let name = dev.name().unwrap_or_else(|_| config.name.clone());
@@ -300,24 +289,29 @@ impl Tun {
     }
 }
 
-/// Opens a TUN device the way router firmware usually does, and hands back only its file
-/// descriptor: `/dev/net/tun` with `TUNSETIFF` (`IFF_TUN | IFF_NO_PI`, no offload), MTU set,
-/// link up. For embedders and tests that want to show the "caller-provided device" path
-/// ([`FdTun::from_fd`]) without unsafe code of their own. Needs `CAP_NET_ADMIN`; no runtime.
-pub fn open_fd(config: &TunConfig) -> io::Result<std::os::fd::OwnedFd> {
-    use std::os::fd::AsFd;
+/// The device as `config` and `offload` ask, name checked first: Linux takes 1 to 15 bytes.
+fn builder(config: &TunConfig, offload: bool) -> io::Result<tun_rs::DeviceBuilder> {
     if config.name.is_empty() || config.name.len() > 15 {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!("TUN name {:?} must be 1 to 15 bytes", config.name),
         ));
     }
-    let dev = tun_rs::DeviceBuilder::new()
+    Ok(tun_rs::DeviceBuilder::new()
         .name(config.name.as_str())
         .mtu(config.mtu)
         .packet_information(false)
-        .offload(false)
-        .enable(true)
+        .offload(offload)
+        .enable(true))
+}
+
+/// Opens a TUN device the way router firmware usually does, and hands back only its file
+/// descriptor: `/dev/net/tun` with `TUNSETIFF` (`IFF_TUN | IFF_NO_PI`, no offload), MTU set,
+/// link up. For embedders and tests that want to show the "caller-provided device" path
+/// ([`FdTun::from_fd`]) without unsafe code of their own. Needs `CAP_NET_ADMIN`; no runtime.
+pub fn open_fd(config: &TunConfig) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::AsFd;
+    let dev = builder(config, false)?
         .build_sync()
         .map_err(|e| io::Error::new(e.kind(), format!("TUN {}: {e}", config.name)))?;
     // A duplicate refers to the same open device; tun-rs's own descriptor closes on drop and

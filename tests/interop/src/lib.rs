@@ -302,6 +302,40 @@ impl Host {
         c.args(["netns", "exec", &self.ns]).arg(program);
         c
     }
+
+    /// One ping to `ip` from this host, answered within 2 s.
+    pub fn ping1(&self, ip: &str) -> bool {
+        self.cmd("ping")
+            .args(["-c", "1", "-W", "2", ip])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    }
+
+    /// Pings `ip` until one is answered within `limit` (WireGuard's first handshake may eat
+    /// the first packets).
+    pub fn ping_until(&self, ip: &str, limit: Duration) -> Result<()> {
+        wait_for(&format!("ping {ip}"), limit, || {
+            self.ping1(ip).then_some(())
+        })
+    }
+
+    /// [`Host::ping_until`], then three more pings that must all be answered.
+    pub fn ping_ok(&self, ip: &str, limit: Duration) -> Result<()> {
+        self.ping_until(ip, limit)?;
+        let out = self
+            .cmd("ping")
+            .args(["-c", "3", "-i", "0.2", "-W", "2", ip])
+            .output()
+            .map_err(|e| Error(format!("ping {ip}: {e}")))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(Error(format!(
+                "ping {ip}: {}",
+                String::from_utf8_lossy(&out.stdout)
+            )))
+        }
+    }
 }
 
 impl Rig {
@@ -455,6 +489,21 @@ impl Rig {
             run(Command::new("ip").args(["-n", &h.ns, "link", "set", i, "up"]))?;
         }
         Ok(())
+    }
+
+    /// A bare host alone on the /24 `net` (such as `"10.77.0"`) behind `gw`: a veth from
+    /// `gw_if` on `gw` (`net.1`) to the new host's `eth0` (`net.2`), and the host's default
+    /// route via `net.1`, so all it sends goes through `gw`.
+    pub fn host_behind(&mut self, role: &str, gw: &Host, gw_if: &str, net: &str) -> Result<Host> {
+        let h = self.bare_host(role)?;
+        self.wire(
+            (gw, gw_if, &format!("{net}.1/24")),
+            (&h, "eth0", &format!("{net}.2/24")),
+        )?;
+        run(h
+            .cmd("ip")
+            .args(["route", "replace", "default", "via", &format!("{net}.1")]))?;
+        Ok(h)
     }
 
     /// A TUN name unique on this machine and within Linux's 15 bytes: the rig's prefix (cut
@@ -1389,6 +1438,16 @@ impl TailrouterNode {
             .ok()
             .and_then(|s| s.get("BackendState")?.as_str().map(String::from))
             .unwrap_or_default()
+    }
+
+    /// Waits up to `limit` for the backend state `want`; the error names the last state seen.
+    pub fn wait_state(&self, want: &str, limit: Duration) -> Result<()> {
+        let mut last = String::new();
+        wait_for(&format!("{} to be {want}", self.name), limit, || {
+            last = self.backend_state();
+            (last == want).then_some(())
+        })
+        .map_err(|e| Error(format!("{} (last state {last:?})", e.0)))
     }
 
     /// The node's public node key, from status.

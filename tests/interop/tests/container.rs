@@ -170,7 +170,6 @@ struct Site {
 fn site(rig: &mut Rig) -> Site {
     let container = rig.host("ctr").unwrap();
     let router = rig.bare_host("router").unwrap();
-    let lan = rig.bare_host("lan").unwrap();
     // /interface/veth add name=veth-ts address=172.17.0.2/24 gateway=172.17.0.1, and
     // /ip/address add address=172.17.0.1/24 interface=containers (the bridge with the veth).
     rig.wire(
@@ -179,15 +178,9 @@ fn site(rig: &mut Rig) -> Site {
     )
     .unwrap();
     // The router's LAN (192.168.88.0/24, RouterOS's default) with one host on it.
-    rig.wire(
-        (&router, "lan0", "192.168.88.1/24"),
-        (&lan, "eth0", "192.168.88.2/24"),
-    )
-    .unwrap();
-    run(lan
-        .cmd("ip")
-        .args(["route", "replace", "default", "via", "192.168.88.1"]))
-    .unwrap();
+    let lan = rig
+        .host_behind("lan", &router, "lan0", "192.168.88")
+        .unwrap();
     // A router forwards.
     run(router.cmd("sysctl").args(["-qw", "net.ipv4.ip_forward=1"])).unwrap();
     // /ip/route add dst-address=100.64.0.0/10 gateway=172.17.0.2
@@ -282,8 +275,7 @@ fn node_id(hs: &Headscale, name: &str) -> String {
 }
 
 fn ping(from: &Host, ip: &str) -> Option<()> {
-    let out = from.cmd("ping").args(["-c1", "-W2", ip]).output().ok()?;
-    out.status.success().then_some(())
+    from.ping1(ip).then_some(())
 }
 
 fn go_up(go: &GoNode, hs: &Headscale, key: &str) {

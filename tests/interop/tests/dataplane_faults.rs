@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use interop::{GoNode, Headscale, Rig, TailnetNode, TailrouterNode, wait_for};
+use interop::{GoNode, Headscale, Rig, TailnetNode, TailrouterNode};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -31,15 +31,8 @@ fn joined(rig: &mut Rig, block_direct: bool) -> (Headscale, GoNode, TailrouterNo
 }
 
 fn ping_until_ok(rig: &Rig, host: &interop::Host, ip: &str, what: &str, label: &str) {
-    wait_for(&format!("{what}: ping {ip}"), LIMIT, || {
-        let out = host
-            .cmd("ping")
-            .args(["-c", "1", "-W", "2", ip])
-            .output()
-            .ok()?;
-        out.status.success().then_some(())
-    })
-    .unwrap_or_else(|e| panic!("{e}\n{}", rig.log_tail(label, 60)));
+    host.ping_until(ip, LIMIT)
+        .unwrap_or_else(|e| panic!("{what}: {e}\n{}", rig.log_tail(label, 60)));
 }
 
 #[test]

@@ -48,25 +48,8 @@ fn lists(rig: &Rig, node: &dyn TailnetNode, names: &[&str], label: &str) {
 /// `ping` from `host`'s namespace to `ip`, until one answer comes (WireGuard's first
 /// handshake may eat the first packets), then three more that must all be answered.
 fn ping_ok(rig: &Rig, host: &interop::Host, ip: &str, what: &str, tr_label: &str) {
-    wait_for(&format!("{what}: ping {ip}"), LIMIT, || {
-        let out = host
-            .cmd("ping")
-            .args(["-c", "1", "-W", "2", ip])
-            .output()
-            .ok()?;
-        out.status.success().then_some(())
-    })
-    .unwrap_or_else(|e| panic!("{e}\n{}", rig.log_tail(tr_label, 60)));
-    let out = host
-        .cmd("ping")
-        .args(["-c", "3", "-i", "0.2", "-W", "2", ip])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{what}: ping {ip}: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    host.ping_ok(ip, LIMIT)
+        .unwrap_or_else(|e| panic!("{what}: {e}\n{}", rig.log_tail(tr_label, 60)));
 }
 
 /// Three pings from `host` to `ip` (0.5 s apart, 2 s for each answer) of which none may be

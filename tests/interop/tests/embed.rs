@@ -89,27 +89,8 @@ fn link_exists(host: &Host, tun: &str) -> bool {
 
 /// One ping answered (the first handshake may eat some), then three that all are.
 fn ping_ok(rig: &Rig, host: &Host, ip: &str, what: &str) {
-    let first = wait_for(&format!("{what}: ping {ip}"), LIMIT, || {
-        let out = host
-            .cmd("ping")
-            .args(["-c", "1", "-W", "2", ip])
-            .output()
-            .ok()?;
-        out.status.success().then_some(())
-    });
-    if let Err(e) = first {
-        panic!("{e}\n{}", rig.log_tail("embed", 60));
-    }
-    let out = host
-        .cmd("ping")
-        .args(["-c", "3", "-i", "0.2", "-W", "2", ip])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{what}: ping {ip}: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    host.ping_ok(ip, LIMIT)
+        .unwrap_or_else(|e| panic!("{what}: {e}\n{}", rig.log_tail("embed", 60)));
 }
 
 /// How many writes the example's store reported.

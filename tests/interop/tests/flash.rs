@@ -251,17 +251,6 @@ impl<'a> Meter<'a> {
     }
 }
 
-fn wait_state(tr: &TailrouterNode, want: &str, limit: Duration) {
-    let mut last = String::new();
-    let r = wait_for(&format!("{} to be {want}", tr.name), limit, || {
-        last = tr.backend_state();
-        (last == want).then_some(())
-    });
-    if let Err(e) = r {
-        panic!("{e} (last state {last:?})");
-    }
-}
-
 fn node_id(hs: &Headscale, given_name: &str) -> String {
     let n = hs
         .nodes()
@@ -420,7 +409,7 @@ fn state_is_written_on_login_prefs_and_logout_only_never_on_netmap_churn() {
     if let Err(e) = tr.up(&hs, &key) {
         panic!("{e}\n{}", rig.log_tail(&tr.label, 40));
     }
-    wait_state(&tr, "Running", LIMIT);
+    tr.wait_state("Running", LIMIT).unwrap();
     wait_for("go in tailrouter's status", LIMIT, || {
         peer_by_ip(&tr.status().ok()?, &go_ip)
     })
@@ -508,7 +497,7 @@ fn state_is_written_on_login_prefs_and_logout_only_never_on_netmap_churn() {
     // A restart with nothing changed writes nothing (the file is read, compared, kept).
     rig.stop(&tr.label).unwrap();
     rig.start_tailrouter(&tr).unwrap();
-    wait_state(&tr, "Running", LIMIT);
+    tr.wait_state("Running", LIMIT).unwrap();
     std::thread::sleep(Duration::from_secs(2));
     let s = meter.step("restart, nothing changed");
     assert_eq!(
@@ -520,7 +509,7 @@ fn state_is_written_on_login_prefs_and_logout_only_never_on_netmap_churn() {
 
     // (d) logout forgets the node keys: one write.
     tr.tailscale(&["logout"]).unwrap();
-    wait_state(&tr, "NeedsLogin", LIMIT);
+    tr.wait_state("NeedsLogin", LIMIT).unwrap();
     let s = meter.step("logout");
     assert!(s.bytes > 0, "the logout wrote nothing");
     assert_eq!(s.files.len(), 1, "{:?}", s.files);

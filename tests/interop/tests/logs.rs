@@ -17,17 +17,6 @@ use std::time::{Duration, Instant};
 
 const LIMIT: Duration = Duration::from_secs(45);
 
-fn wait_state(tr: &TailrouterNode, want: &str, limit: Duration) {
-    let mut last = String::new();
-    let r = wait_for(&format!("{} to be {want}", tr.name), limit, || {
-        last = tr.backend_state();
-        (last == want).then_some(())
-    });
-    if let Err(e) = r {
-        panic!("{e} (last state {last:?})");
-    }
-}
-
 fn base64(bytes: &[u8], alphabet: &[u8; 64], pad: bool) -> String {
     let mut out = String::new();
     for chunk in bytes.chunks(3) {
@@ -161,21 +150,11 @@ fn session(
     if let Err(e) = tr.up(hs, key) {
         panic!("{e}\n{}", rig.log_tail(&tr.label, 40));
     }
-    wait_state(&tr, "Running", LIMIT);
+    tr.wait_state("Running", LIMIT).unwrap();
     let go_ip = go.ipv4().unwrap();
-    wait_for(
-        &format!("{name} to ping go through the tunnel"),
-        LIMIT,
-        || {
-            tr.host
-                .cmd("ping")
-                .args(["-c", "1", "-W", "2", &go_ip])
-                .output()
-                .ok()
-                .filter(|o| o.status.success())
-        },
-    )
-    .unwrap_or_else(|e| panic!("{e}\n{}", rig.log_tail(&tr.label, 30)));
+    tr.host
+        .ping_until(&go_ip, LIMIT)
+        .unwrap_or_else(|e| panic!("{name}: {e}\n{}", rig.log_tail(&tr.label, 30)));
     extra(rig, &tr);
     rig.stop(&tr.label).unwrap();
     let log = rig.log(&tr.label);
@@ -216,12 +195,12 @@ fn quiet_by_default_env_sets_verbosity_and_no_secret_in_any_line() {
             .unwrap();
         hs.cli(&["nodes", "expire", "-i", &id, "-o", "json"])
             .unwrap();
-        wait_state(tr, "NeedsLogin", LIMIT);
+        tr.wait_state("NeedsLogin", LIMIT).unwrap();
         tr.up(&hs, &key).unwrap();
-        wait_state(tr, "Running", LIMIT);
+        tr.wait_state("Running", LIMIT).unwrap();
         keys.extend(state_keys(tr));
         tr.tailscale(&["logout"]).unwrap();
-        wait_state(tr, "NeedsLogin", LIMIT);
+        tr.wait_state("NeedsLogin", LIMIT).unwrap();
         // The server-side logout runs on after the CLI returns; its answer is logged.
         wait_for("the logout at headscale", LIMIT, || {
             rig.log(&tr.label)

@@ -140,22 +140,13 @@ fn stop(rig: &mut Rig, tr: &TailrouterNode) {
 /// exit node, which Tailscale exit nodes refuse to forward to (a guest Wi-Fi's rule).
 fn internet_behind(rig: &mut Rig, node: &Host) -> Host {
     let gw = rig.bare_host("gw").unwrap();
-    let inet = rig.bare_host("inet").unwrap();
     rig.wire(
         (node, "wan0", "198.51.100.2/30"),
         (&gw, "eth0", "198.51.100.1/30"),
     )
     .unwrap();
-    rig.wire(
-        (&gw, "eth1", "203.0.113.1/24"),
-        (&inet, "eth0", "203.0.113.2/24"),
-    )
-    .unwrap();
+    let inet = rig.host_behind("inet", &gw, "eth1", "203.0.113").unwrap();
     sysctl(&gw, "net.ipv4.ip_forward=1");
-    run(inet
-        .cmd("ip")
-        .args(["route", "replace", "default", "via", "203.0.113.1"]))
-    .unwrap();
     run(node
         .cmd("ip")
         .args(["route", "add", "203.0.113.0/24", "via", "198.51.100.1"]))
@@ -246,12 +237,7 @@ fn subnet_router_with_snat_on_and_off() {
     let go = rig.go_node("go").unwrap();
     go_up(&go, &hs, &key, &["--accept-routes"]);
     let tr = rig.tailrouter_node("tr", false).unwrap();
-    let lan = rig.bare_host("lan").unwrap();
-    rig.wire(
-        (&tr.host, "lan0", "10.77.0.1/24"),
-        (&lan, "eth0", "10.77.0.2/24"),
-    )
-    .unwrap();
+    let lan = rig.host_behind("lan", &tr.host, "lan0", "10.77.0").unwrap();
     // The same LAN over IPv6 (no duplicate address detection: the addresses are usable at once).
     for (h, dev, addr) in [
         (&tr.host, "lan0", "fd00:77::1/64"),
@@ -262,11 +248,8 @@ fn subnet_router_with_snat_on_and_off() {
             .args(["-6", "addr", "add", addr, "dev", dev, "nodad"]))
         .unwrap();
     }
-    // The LAN host can answer tailnet addresses directly only through the router.
-    run(lan
-        .cmd("ip")
-        .args(["route", "add", "100.64.0.0/10", "via", "10.77.0.1"]))
-    .unwrap();
+    // The LAN host can answer tailnet addresses directly only through the router (its IPv4
+    // default route is the router).
     run(lan.cmd("ip").args([
         "-6",
         "route",
@@ -361,12 +344,7 @@ fn state_is_restored_after_down_and_after_a_crash_and_restart() {
     let go = rig.go_node("go").unwrap();
     go_up(&go, &hs, &key, &["--accept-routes"]);
     let tr = rig.tailrouter_node("tr", false).unwrap();
-    let lan = rig.bare_host("lan").unwrap();
-    rig.wire(
-        (&tr.host, "lan0", "10.79.0.1/24"),
-        (&lan, "eth0", "10.79.0.2/24"),
-    )
-    .unwrap();
+    let lan = rig.host_behind("lan", &tr.host, "lan0", "10.79.0").unwrap();
     sysctl(&tr.host, "net.ipv4.ip_forward=1");
     let before = net_state(&tr.host, &tr.tun);
     tr_up(&rig, &tr, &hs, &key, &["--advertise-routes=10.79.0.0/24"]);
@@ -461,16 +439,7 @@ fn go_node_uses_tailrouter_as_exit_node() {
     )
     .unwrap();
     // A LAN on the exit node that is not advertised: users of the exit node must not reach it.
-    let lan = rig.bare_host("lan").unwrap();
-    rig.wire(
-        (&tr.host, "lan0", "10.78.0.1/24"),
-        (&lan, "eth0", "10.78.0.2/24"),
-    )
-    .unwrap();
-    run(lan
-        .cmd("ip")
-        .args(["route", "replace", "default", "via", "10.78.0.1"]))
-    .unwrap();
+    let lan = rig.host_behind("lan", &tr.host, "lan0", "10.78.0").unwrap();
     sysctl(&tr.host, "net.ipv4.ip_forward=1");
     sysctl(&tr.host, "net.ipv6.conf.all.forwarding=1");
     let before = net_state(&tr.host, &tr.tun);

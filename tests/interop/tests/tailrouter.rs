@@ -19,17 +19,6 @@ fn nodes_by_name(hs: &Headscale, name: &str) -> Vec<Value> {
         .collect()
 }
 
-fn wait_state(tr: &TailrouterNode, want: &str, limit: Duration) {
-    let mut last = String::new();
-    let r = wait_for(&format!("{} to be {want}", tr.name), limit, || {
-        last = tr.backend_state();
-        (last == want).then_some(())
-    });
-    if let Err(e) = r {
-        panic!("{e} (last state {last:?})");
-    }
-}
-
 fn peer<'a>(st: &'a Value, host: &str) -> Option<&'a Value> {
     st["Peer"]
         .as_object()?
@@ -93,7 +82,7 @@ fn a_registers_with_auth_key_and_lists_go_peer_both_ways() {
     let t0 = Instant::now();
     let mut rig = Rig::new("tra").unwrap();
     let (hs, key, go, tr) = joined(&mut rig);
-    wait_state(&tr, "Running", LIMIT);
+    tr.wait_state("Running", LIMIT).unwrap();
     interop::wait_listed(&tr, &go, LIMIT).unwrap();
 
     let st = tr.status().unwrap();
@@ -224,7 +213,7 @@ fn b_interactive_login_completes_after_auth_register() {
     let hs = rig.headscale().unwrap();
     let tr = rig.tailrouter_node("tr", false).unwrap();
     let url = interactive_up(&rig, &hs, &tr, "");
-    wait_state(&tr, "Running", LIMIT);
+    tr.wait_state("Running", LIMIT).unwrap();
     assert!(tr.ipv4().unwrap().starts_with("100."));
     let n = nodes_by_name(&hs, "tr");
     assert_eq!(n.len(), 1);
@@ -235,9 +224,9 @@ fn b_interactive_login_completes_after_auth_register() {
     // After an expiry, `up` without a key logs in interactively again and rotates the key.
     hs.cli(&["nodes", "expire", "--identifier", &id, "-o", "json"])
         .unwrap();
-    wait_state(&tr, "NeedsLogin", LIMIT);
+    tr.wait_state("NeedsLogin", LIMIT).unwrap();
     interactive_up(&rig, &hs, &tr, &url);
-    wait_state(&tr, "Running", LIMIT);
+    tr.wait_state("Running", LIMIT).unwrap();
     let nk2 = tr.node_key().unwrap();
     assert_ne!(nk, nk2, "node key rotated");
     let n = nodes_by_name(&hs, "tr");
@@ -251,7 +240,7 @@ fn c_restart_keeps_node_and_ips_without_new_registration() {
     let t0 = Instant::now();
     let mut rig = Rig::new("trc").unwrap();
     let (hs, key, _go, tr) = joined(&mut rig);
-    wait_state(&tr, "Running", LIMIT);
+    tr.wait_state("Running", LIMIT).unwrap();
     let ip = tr.ipv4().unwrap();
     let nk = tr.node_key().unwrap();
     let before = hs.nodes().unwrap();
@@ -259,7 +248,7 @@ fn c_restart_keeps_node_and_ips_without_new_registration() {
     rig.stop(&tr.label).unwrap();
     rig.start_tailrouter(&tr).unwrap();
     // No `tailscale up`: WantRunning was persisted.
-    wait_state(&tr, "Running", LIMIT);
+    tr.wait_state("Running", LIMIT).unwrap();
     assert_eq!(tr.ipv4().unwrap(), ip);
     assert_eq!(tr.node_key().unwrap(), nk);
     let after = hs.nodes().unwrap();
@@ -272,22 +261,22 @@ fn c_restart_keeps_node_and_ips_without_new_registration() {
     );
     // `down` is persisted too: a restart stays Stopped, `up` resumes the same node.
     tr.tailscale(&["down"]).unwrap();
-    wait_state(&tr, "Stopped", LIMIT);
+    tr.wait_state("Stopped", LIMIT).unwrap();
     rig.stop(&tr.label).unwrap();
     rig.start_tailrouter(&tr).unwrap();
-    wait_state(&tr, "Stopped", LIMIT);
+    tr.wait_state("Stopped", LIMIT).unwrap();
     tr.tailscale(&["up", "--timeout=40s"]).unwrap();
-    wait_state(&tr, "Running", LIMIT);
+    tr.wait_state("Running", LIMIT).unwrap();
     assert_eq!(tr.node_key().unwrap(), nk);
     assert_eq!(ids(&hs.nodes().unwrap()), ids(&before));
     // A node stopped since the daemon started still logs out at the server.
     tr.tailscale(&["down"]).unwrap();
     rig.stop(&tr.label).unwrap();
     rig.start_tailrouter(&tr).unwrap();
-    wait_state(&tr, "Stopped", LIMIT);
+    tr.wait_state("Stopped", LIMIT).unwrap();
     let expiry = nodes_by_name(&hs, "tr")[0]["expiry"].clone();
     tr.tailscale(&["logout"]).unwrap();
-    wait_state(&tr, "NeedsLogin", LIMIT);
+    tr.wait_state("NeedsLogin", LIMIT).unwrap();
     wait_for("headscale to see the logout", LIMIT, || {
         (nodes_by_name(&hs, "tr").first()?["expiry"] != expiry).then_some(())
     })
@@ -301,7 +290,7 @@ fn d_headscale_restart_reconnects_as_the_same_node() {
     let t0 = Instant::now();
     let mut rig = Rig::new("trd").unwrap();
     let (hs, _key, go, tr) = joined(&mut rig);
-    wait_state(&tr, "Running", LIMIT);
+    tr.wait_state("Running", LIMIT).unwrap();
     let nk = tr.node_key().unwrap();
     let ip = tr.ipv4().unwrap();
     let ids_before: Vec<String> = hs
@@ -382,13 +371,13 @@ fn f_expired_node_key_needs_login_and_relogin_rotates() {
     let t0 = Instant::now();
     let mut rig = Rig::new("trf").unwrap();
     let (hs, key, _go, tr) = joined(&mut rig);
-    wait_state(&tr, "Running", LIMIT);
+    tr.wait_state("Running", LIMIT).unwrap();
     let nk = tr.node_key().unwrap();
     let ip = tr.ipv4().unwrap();
     let id = nodes_by_name(&hs, "tr")[0]["id"].to_string();
     hs.cli(&["nodes", "expire", "--identifier", &id, "-o", "json"])
         .unwrap();
-    wait_state(&tr, "NeedsLogin", LIMIT);
+    tr.wait_state("NeedsLogin", LIMIT).unwrap();
     let st = tr.status().unwrap();
     assert!(
         st["Health"]
@@ -403,7 +392,7 @@ fn f_expired_node_key_needs_login_and_relogin_rotates() {
     // Re-login with the auth key rotates the node key; same node in headscale.
     tr.up(&hs, &key)
         .unwrap_or_else(|e| panic!("{e}\n{}", rig.log_tail(&tr.label, 30)));
-    wait_state(&tr, "Running", LIMIT);
+    tr.wait_state("Running", LIMIT).unwrap();
     let nk2 = tr.node_key().unwrap();
     assert_ne!(nk, nk2, "node key rotated");
     let n = nodes_by_name(&hs, "tr");
@@ -415,7 +404,7 @@ fn f_expired_node_key_needs_login_and_relogin_rotates() {
     eprintln!("expiry after re-login: {expiry_before_logout}");
     // Logout: server-side, keys gone from the state file, NeedsLogin.
     tr.tailscale(&["logout"]).unwrap();
-    wait_state(&tr, "NeedsLogin", LIMIT);
+    tr.wait_state("NeedsLogin", LIMIT).unwrap();
     let state: Value =
         serde_json::from_slice(&std::fs::read(tr.state.as_ref().unwrap()).unwrap()).unwrap();
     assert!(state["NodeKey"].is_null(), "{state}");
@@ -438,7 +427,7 @@ fn g_mem_state_runs_without_a_state_file() {
     let tr = rig.tailrouter_node("eph", true).unwrap();
     tr.up(&hs, &key)
         .unwrap_or_else(|e| panic!("{e}\n{}", rig.log_tail(&tr.label, 30)));
-    wait_state(&tr, "Running", LIMIT);
+    tr.wait_state("Running", LIMIT).unwrap();
     assert_eq!(nodes_by_name(&hs, "eph").len(), 1);
     assert!(tr.state.is_none());
     // headscale v0.29.3 takes ephemerality from the pre-auth key only and ignores
@@ -453,7 +442,7 @@ fn h_stalled_server_is_detected_and_left_for_a_fresh_connection() {
     let t0 = Instant::now();
     let mut rig = Rig::new("trh").unwrap();
     let (hs, _key, go, tr) = joined(&mut rig);
-    wait_state(&tr, "Running", LIMIT);
+    tr.wait_state("Running", LIMIT).unwrap();
     let nk = tr.node_key().unwrap();
     // Settled: the Go node sees our home DERP region, so no request of ours is in flight.
     wait_for("go to see tr's relay", LIMIT, || {
