@@ -336,3 +336,122 @@ fn a_caller_opened_descriptor_reads_and_writes_ip_packets() {
         .unwrap();
     assert!(!out.status.success(), "trfd0 outlived its descriptor");
 }
+
+/// The one's-complement sum of `data` as 16-bit big-endian words, folded.
+fn csum(mut sum: u32, data: &[u8]) -> u32 {
+    for c in data.chunks(2) {
+        let w = u16::from_be_bytes([c[0], c.get(1).copied().unwrap_or(0)]);
+        sum += u32::from(w);
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum
+}
+
+/// Segment `i` of one TCP flow 198.18.9.2:40000 -> 198.18.9.1:5201: IPv4 (ID `i`, DF), TCP
+/// with only ACK set, `len` bytes of payload at sequence `1000 + i * len`; both checksums
+/// right. Consecutive segments are what a TUN merges into one super-packet.
+fn tcp_segment(i: u32, len: usize) -> Vec<u8> {
+    let total = 20 + 20 + len;
+    let mut p = vec![0u8; total];
+    p[0] = 0x45;
+    p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+    p[4..6].copy_from_slice(&(i as u16).to_be_bytes());
+    p[6] = 0x40; // DF
+    p[8] = 64;
+    p[9] = 6;
+    p[12..16].copy_from_slice(&[198, 18, 9, 2]);
+    p[16..20].copy_from_slice(&[198, 18, 9, 1]);
+    let ip_sum = !(csum(0, &p[..20]) as u16);
+    p[10..12].copy_from_slice(&ip_sum.to_be_bytes());
+    let t = 20;
+    p[t..t + 2].copy_from_slice(&40000u16.to_be_bytes());
+    p[t + 2..t + 4].copy_from_slice(&5201u16.to_be_bytes());
+    p[t + 4..t + 8].copy_from_slice(&(1000 + i * len as u32).to_be_bytes());
+    p[t + 8..t + 12].copy_from_slice(&1u32.to_be_bytes());
+    p[t + 12] = 5 << 4;
+    p[t + 13] = 0x10; // ACK
+    p[t + 14..t + 16].copy_from_slice(&65535u16.to_be_bytes());
+    for (k, b) in p[t + 20..].iter_mut().enumerate() {
+        *b = (k % 251) as u8;
+    }
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&p[12..20]);
+    pseudo.extend_from_slice(&[0, 6]);
+    pseudo.extend_from_slice(&((20 + len) as u16).to_be_bytes());
+    let tcp_sum = !(csum(csum(0, &pseudo), &p[t..]) as u16);
+    p[t + 16..t + 18].copy_from_slice(&tcp_sum.to_be_bytes());
+    p
+}
+
+/// The device's received-packet counter (packets written into the TUN), from `ip -s`.
+fn rx_packets(ns: &str, dev: &str) -> u64 {
+    let out = ip(&["-n", ns, "-j", "-s", "link", "show", "dev", dev]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v[0]["stats64"]["rx"]["packets"].as_u64().unwrap()
+}
+
+/// With offload, a batch of one TCP flow's segments reaches the kernel as one super-packet,
+/// provided each buffer has room for it: the capacity the engine gives its TUN batch
+/// buffers (headroom twice and the largest IP packet; wg-engine's TunBatch). Buffers sized
+/// to one packet are written one by one: tun-rs does not allocate to merge. That was a real
+/// bug (every packet cost its own write), which this test would have caught.
+#[test]
+fn a_flow_written_with_room_to_merge_is_one_write() {
+    let ns = Netns::new("gro");
+    let nsname = ns.0.clone();
+    in_netns(&ns, move || async move {
+        let cfg = TunConfig {
+            name: "trtun3".into(),
+            mtu: 1500,
+        };
+        let tun = Tun::open_with(&cfg, true).unwrap_or_else(|e| {
+            panic!("open TUN with offload (the kernel has had it since 2.6.27): {e}")
+        });
+        assert!(tun.offload());
+        ip(&[
+            "-n",
+            &nsname,
+            "addr",
+            "add",
+            "198.18.9.1/24",
+            "dev",
+            "trtun3",
+        ]);
+        // A listener, so the kernel keeps the flow's packets (answering with resets is fine).
+        let _srv = std::net::TcpListener::bind("198.18.9.1:5201").unwrap();
+        let head = tun.tx_headroom();
+        const SEGMENTS: u32 = 10;
+        const LEN: usize = 1400;
+        let batch = |cap: usize, first: u32| -> Vec<Vec<u8>> {
+            (first..first + SEGMENTS)
+                .map(|i| {
+                    let mut b = Vec::with_capacity(cap);
+                    b.resize(head, 0);
+                    b.extend_from_slice(&tcp_segment(i, LEN));
+                    b
+                })
+                .collect()
+        };
+
+        // Room to merge: 2 * headroom + 65,535, as the engine allocates.
+        let before = rx_packets(&nsname, "trtun3");
+        let mut roomy = batch(2 * head + 65535, 0);
+        let r = tun.send_batch(&mut roomy).await;
+        assert!(r.is_ok(), "{r:?}");
+        let merged = rx_packets(&nsname, "trtun3") - before;
+        assert_eq!(
+            merged, 1,
+            "{SEGMENTS} segments of one flow should be one write, were {merged}"
+        );
+
+        // Buffers of one packet each: no merge, one write per segment.
+        let before = rx_packets(&nsname, "trtun3");
+        let mut tight = batch(head + 40 + LEN, SEGMENTS);
+        let r = tun.send_batch(&mut tight).await;
+        assert!(r.is_ok(), "{r:?}");
+        let unmerged = rx_packets(&nsname, "trtun3") - before;
+        assert_eq!(unmerged, u64::from(SEGMENTS));
+    });
+}
