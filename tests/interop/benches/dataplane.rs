@@ -21,7 +21,8 @@
 //! results are kept in `docs/benchmarks/dataplane.md`.
 
 use interop::bench::{
-    Daemon, clk_tck, cpu_ticks, daemon, first_line, loadavg, median, mib, release_bin, status_kb,
+    Daemon, clk_tck, cpu_ticks, daemon, first_line, loadavg, median, mib, peer, release_bin,
+    status_kb, wait_direct,
 };
 use interop::{Error, Host, Result, Rig, TailnetNode, run, wait_for};
 use serde_json::Value;
@@ -53,39 +54,6 @@ fn main() {
 
 fn err<T>(msg: impl Into<String>) -> Result<T> {
     Err(Error(msg.into()))
-}
-
-fn peer<'a>(st: &'a Value, host: &str) -> Option<&'a Value> {
-    st.get("Peer")?
-        .as_object()?
-        .values()
-        .find(|p| p["HostName"] == host)
-}
-
-/// Waits until `node` uses the direct path `under` to `peer_name` (pinging `peer_ip` meanwhile,
-/// which drives disco).
-fn wait_direct<N: TailnetNode>(
-    node: &N,
-    host: &Host,
-    peer_name: &str,
-    peer_ip: &str,
-    under: &str,
-) -> Result<()> {
-    wait_for(
-        &format!(
-            "{} to use the direct path {under} to {peer_name}",
-            node.hostname()
-        ),
-        LIMIT,
-        || {
-            let _ = host
-                .cmd("ping")
-                .args(["-c", "1", "-W", "1", peer_ip])
-                .output();
-            let st = node.status().ok()?;
-            (peer(&st, peer_name)?["CurAddr"] == under).then_some(())
-        },
-    )
 }
 
 /// The current path of `node` to `peer_name`: `CurAddr`, or `DERP(<relay>)`.
@@ -482,10 +450,10 @@ fn bench(t0: Instant) -> Result<()> {
     })?;
     let (tr_ip, g1_ip, g2_ip, g3_ip) = (tr.ipv4()?, g1.ipv4()?, g2.ipv4()?, g3.ipv4()?);
     let under = |h: &Host| format!("{}:41641", h.ip);
-    let direct = wait_direct(&tr, &tr.host, "g1", &g1_ip, &under(&g1.host))
-        .and_then(|()| wait_direct(&g1, &g1.host, "tr", &tr_ip, &under(&tr.host)))
-        .and_then(|()| wait_direct(&g2, &g2.host, "g3", &g3_ip, &under(&g3.host)))
-        .and_then(|()| wait_direct(&g3, &g3.host, "g2", &g2_ip, &under(&g2.host)));
+    let direct = wait_direct(&tr, &tr.host, "g1", &g1_ip, &under(&g1.host), LIMIT)
+        .and_then(|()| wait_direct(&g1, &g1.host, "tr", &tr_ip, &under(&tr.host), LIMIT))
+        .and_then(|()| wait_direct(&g2, &g2.host, "g3", &g3_ip, &under(&g3.host), LIMIT))
+        .and_then(|()| wait_direct(&g3, &g3.host, "g2", &g2_ip, &under(&g2.host), LIMIT));
     if let Err(e) = direct {
         return err(format!("{e}\n{}", rig.log_tail(&tr.label, 40)));
     }

@@ -1,7 +1,7 @@
 //! What the benches share: the release binary they measure, the daemons' pids, CPU time and
 //! memory from `/proc`, the machine's load, and small statistics.
 
-use crate::{Error, Host, Result, run, tailrouter_bin, wait_for};
+use crate::{Error, Host, Result, TailnetNode, run, tailrouter_bin, wait_for};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -145,4 +145,39 @@ pub fn median(mut v: Vec<f64>) -> f64 {
 /// kB as MiB with one decimal.
 pub fn mib(kb: u64) -> String {
     format!("{:.1}", kb as f64 / 1024.0)
+}
+
+/// The peer whose host name is `host` in a status (`tailscale status --json`).
+pub fn peer<'a>(st: &'a serde_json::Value, host: &str) -> Option<&'a serde_json::Value> {
+    st.get("Peer")?
+        .as_object()?
+        .values()
+        .find(|p| p["HostName"] == host)
+}
+
+/// Waits up to `limit` until `node` uses the direct path `under` to `peer_name` (pinging
+/// `peer_ip` from `host` meanwhile, which drives disco).
+pub fn wait_direct<N: TailnetNode>(
+    node: &N,
+    host: &Host,
+    peer_name: &str,
+    peer_ip: &str,
+    under: &str,
+    limit: Duration,
+) -> Result<()> {
+    wait_for(
+        &format!(
+            "{} to use the direct path {under} to {peer_name}",
+            node.hostname()
+        ),
+        limit,
+        || {
+            let _ = host
+                .cmd("ping")
+                .args(["-c", "1", "-W", "1", peer_ip])
+                .output();
+            let st = node.status().ok()?;
+            (peer(&st, peer_name)?["CurAddr"] == under).then_some(())
+        },
+    )
 }

@@ -1187,6 +1187,35 @@ impl Headscale {
             other => fail(format!("nodes list is not an array: {other}")),
         }
     }
+
+    /// headscale's id of the node whose name or given name is `name`.
+    pub fn node_id(&self, name: &str) -> Result<String> {
+        let nodes = self.nodes()?;
+        nodes
+            .iter()
+            .find(|n| n["name"] == name || n["given_name"] == name)
+            .map(|n| match &n["id"] {
+                serde_json::Value::String(s) => s.clone(),
+                v => v.to_string(),
+            })
+            .ok_or_else(|| Error(format!("no node {name} in headscale: {nodes:?}")))
+    }
+
+    /// Approves `routes` (comma-separated) for the node `name`, as an admin would.
+    pub fn approve_routes(&self, name: &str, routes: &str) -> Result<()> {
+        let id = self.node_id(name)?;
+        self.cli(&[
+            "nodes",
+            "approve-routes",
+            "--identifier",
+            &id,
+            "--routes",
+            routes,
+            "-o",
+            "json",
+        ])
+        .map(|_| ())
+    }
 }
 
 /// A running Go `tailscaled`, driven by the Go `tailscale` CLI.

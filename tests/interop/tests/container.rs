@@ -265,15 +265,6 @@ fn node_ids(hs: &Headscale) -> Vec<String> {
     ids
 }
 
-fn node_id(hs: &Headscale, name: &str) -> String {
-    let nodes = hs.nodes().unwrap();
-    nodes
-        .iter()
-        .find(|n| n["name"] == name || n["given_name"] == name)
-        .map(|n| n["id"].to_string().trim_matches('"').to_string())
-        .unwrap_or_else(|| panic!("no node {name} in {nodes:?}"))
-}
-
 fn ping(from: &Host, ip: &str) -> Option<()> {
     from.ping1(ip).then_some(())
 }
@@ -324,18 +315,9 @@ fn routeros_side_reaches_the_tailnet_through_containerboot() {
     assert_eq!(String::from_utf8_lossy(&fwd.stdout).trim(), "1");
 
     // The admin approves the routes (console / headscale).
-    let id = node_id(&hs, "ctr");
-    hs.cli(&[
-        "nodes",
-        "approve-routes",
-        "--identifier",
-        &id,
-        "--routes",
-        "192.168.88.0/24,172.17.0.0/24",
-        "-o",
-        "json",
-    ])
-    .unwrap();
+    let id = hs.node_id("ctr").unwrap();
+    hs.approve_routes("ctr", "192.168.88.0/24,172.17.0.0/24")
+        .unwrap();
 
     // The router reaches the Go peer through the container: its packets leave from
     // 172.17.0.1, an approved subnet, so the Go node accepts and answers them.
@@ -398,7 +380,7 @@ fn routeros_side_reaches_the_tailnet_through_containerboot() {
     boot2.wait_running();
     let reboot_secs = t1.elapsed().as_secs_f64();
     assert_eq!(node_ids(&hs), nodes_before, "a restart adds no node");
-    assert_eq!(node_id(&hs, "ctr"), id);
+    assert_eq!(hs.node_id("ctr").unwrap(), id);
     if let Err(e) = wait_for("router -> go after the restart", LIMIT, || {
         ping(&s.router, &go_ip)
     }) {
@@ -462,7 +444,7 @@ fn tailscale_up_by_hand_inside_the_container() {
     assert_eq!(nodes.len(), 1, "{nodes:?}");
     assert!(!boot.log().contains(&key), "auth key in the log");
     // The hostname from TS_HOSTNAME reached control.
-    node_id(&hs, "ctr");
+    hs.node_id("ctr").unwrap();
     let (status, _) = boot.terminate();
     assert!(status.success(), "exit status {status}\n{}", boot.log());
     // The boot's own `up`, waiting for the login, saw it complete.

@@ -251,19 +251,6 @@ impl<'a> Meter<'a> {
     }
 }
 
-fn node_id(hs: &Headscale, given_name: &str) -> String {
-    let n = hs
-        .nodes()
-        .unwrap()
-        .into_iter()
-        .find(|n| n["given_name"].as_str() == Some(given_name))
-        .unwrap_or_else(|| panic!("headscale has no node {given_name}"));
-    match &n["id"] {
-        Value::String(s) => s.clone(),
-        v => v.to_string(),
-    }
-}
-
 /// The peer (by its Tailscale IP) in a status.
 fn peer_by_ip(st: &Value, ip: &str) -> Option<Value> {
     st["Peer"]
@@ -333,7 +320,7 @@ fn churn(
     each: &mut dyn FnMut(u64),
 ) -> (u64, f64) {
     let go_ip = go.ipv4().unwrap();
-    let go_id = node_id(hs, &go.name);
+    let go_id = hs.node_id(&go.name).unwrap();
     let peer = || peer_by_ip(&status()?, &go_ip);
     let start = Instant::now();
     let mut updates = 0u64;

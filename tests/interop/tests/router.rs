@@ -72,32 +72,6 @@ fn sysctl(host: &Host, kv: &str) {
     run(host.cmd("sysctl").args(["-qw", kv])).unwrap();
 }
 
-/// headscale's id of the node called `name`.
-fn node_id(hs: &Headscale, name: &str) -> String {
-    let nodes = hs.nodes().unwrap();
-    nodes
-        .iter()
-        .find(|n| n["name"] == name || n["given_name"] == name)
-        .map(|n| n["id"].to_string().trim_matches('"').to_string())
-        .unwrap_or_else(|| panic!("no node {name} in {nodes:?}"))
-}
-
-/// Approves `routes` for node `name` in headscale (what an admin does in the console).
-fn approve(hs: &Headscale, name: &str, routes: &str) {
-    let id = node_id(hs, name);
-    hs.cli(&[
-        "nodes",
-        "approve-routes",
-        "--identifier",
-        &id,
-        "--routes",
-        routes,
-        "-o",
-        "json",
-    ])
-    .unwrap();
-}
-
 /// `tailscale up` arguments for `name` on `hs` with `key`, then `extra`.
 fn up_args(hs: &Headscale, key: &str, name: &str, extra: &[&str]) -> Vec<String> {
     let mut args = vec![
@@ -271,7 +245,8 @@ fn subnet_router_with_snat_on_and_off() {
         &["--advertise-routes=10.77.0.0/24,fd00:77::/64"],
     );
     wait_listed(&tr, &go, LIMIT).unwrap();
-    approve(&hs, "tr", "10.77.0.0/24,fd00:77::/64");
+    hs.approve_routes("tr", "10.77.0.0/24,fd00:77::/64")
+        .unwrap();
     let srv = who_server(&lan, "10.77.0.2", 7100);
     let srv6 = who_server(&lan, "fd00:77::2", 7102);
 
@@ -349,7 +324,7 @@ fn state_is_restored_after_down_and_after_a_crash_and_restart() {
     let before = net_state(&tr.host, &tr.tun);
     tr_up(&rig, &tr, &hs, &key, &["--advertise-routes=10.79.0.0/24"]);
     wait_listed(&tr, &go, LIMIT).unwrap();
-    approve(&hs, "tr", "10.79.0.0/24");
+    hs.approve_routes("tr", "10.79.0.0/24").unwrap();
     let srv = who_server(&lan, "10.79.0.2", 7300);
     assert_eq!(
         reach(&rig, &go.host, "10.79.0.2", 7300, "go -> lan", &tr),
@@ -445,7 +420,7 @@ fn go_node_uses_tailrouter_as_exit_node() {
     let before = net_state(&tr.host, &tr.tun);
     tr_up(&rig, &tr, &hs, &key, &["--advertise-exit-node"]);
     wait_listed(&tr, &go, LIMIT).unwrap();
-    approve(&hs, "tr", "0.0.0.0/0,::/0");
+    hs.approve_routes("tr", "0.0.0.0/0,::/0").unwrap();
     let tr_ip = tr.ipv4().unwrap();
     wait_for("go sees tr as an exit node", LIMIT, || {
         let st = go.status().ok()?;
@@ -498,7 +473,7 @@ fn tailrouter_uses_a_go_exit_node_and_names_still_resolve() {
     let before = net_state(&tr.host, &tr.tun);
     tr_up(&rig, &tr, &hs, &key, &[]);
     wait_listed(&tr, &go, LIMIT).unwrap();
-    approve(&hs, "go", "0.0.0.0/0,::/0");
+    hs.approve_routes("go", "0.0.0.0/0,::/0").unwrap();
     wait_for("tr sees go as an exit node", LIMIT, || {
         let st = tr.status().ok()?;
         (peer(&st, "go")["ExitNodeOption"] == true).then_some(())
@@ -534,7 +509,7 @@ fn tailrouter_uses_a_go_exit_node_and_names_still_resolve() {
     );
 
     // Control is still reached by the ordinary routes: a rename in headscale arrives.
-    let id = node_id(&hs, "go");
+    let id = hs.node_id("go").unwrap();
     hs.cli(&[
         "nodes",
         "rename",
