@@ -21,7 +21,7 @@ pub fn tags_rs(reg: &Registry) -> String {
          //! tag's dependencies; the guards below make any build that bypasses it fail to compile.\n\n",
     );
     for name in &built {
-        for dep in &reg.tags[name].deps {
+        for dep in &reg.built_deps(name) {
             let _ = writeln!(
                 s,
                 "#[cfg(all(feature = \"{name}\", not(feature = \"{dep}\")))]\n\
@@ -45,6 +45,12 @@ pub fn tags_rs(reg: &Registry) -> String {
     for name in &built {
         let _ = writeln!(s, "    (\"{name}\", HAS_{}),", name.to_ascii_uppercase());
     }
-    s.push_str("];\n");
+    s.push_str(
+        "];\n\n\
+         /// Whether this build has tag `name` (false for a tag this version cannot build).\n\
+         pub fn has(name: &str) -> bool {\n    \
+             ALL.iter().any(|(n, on)| *n == name && *on)\n\
+         }\n",
+    );
     s
 }

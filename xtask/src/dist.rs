@@ -18,9 +18,11 @@ pub struct BuildOpts {
 
 /// The Cargo features a resolution builds, or why it cannot be built.
 ///
-/// Tags the user asked for (and their dependencies) must all be built in tailrouter; tags kept
-/// only because no `--min` was given are skipped when tailrouter has no code for them yet, and
-/// returned in the second list so the caller can say so.
+/// Tags the user named with `--add` must all be built in tailrouter. Tags kept only because no
+/// `--min` was given, and dependencies that Tailscale declares but tailrouter has no code for
+/// yet (`advertiseroutes` -> `c2n`), are skipped and returned in the second list so the caller
+/// can say so. A kept tag without code that some built tag needs as *our* dependency cannot
+/// occur: `cargo xtask check` refuses such a registry.
 pub fn features_for(
     reg: &Registry,
     res: &Resolution,
@@ -32,7 +34,7 @@ pub fn features_for(
         let tag = &reg.tags[t];
         if tag.status.has_cargo_feature() {
             feats.insert(t.clone());
-        } else if res.explicit.contains(t) {
+        } else if res.named.contains(t) {
             let why = match (tag.issue, &tag.reason) {
                 (_, Some(r)) => format!("not planned: {r}"),
                 (Some(i), None) => format!("{}, see issue {i}", tag.status.as_str()),
@@ -261,4 +263,45 @@ pub fn size_table(root: &Path, reg: &Registry, target: Option<&str>) -> Result<S
         s.push_str(&r);
     }
     Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn real() -> Registry {
+        Registry::load(&crate::workspace_root().join("featuretags.toml")).unwrap()
+    }
+
+    fn feats(add: &[&str]) -> Result<(BTreeSet<String>, Vec<String>), String> {
+        let reg = real();
+        let res = reg
+            .resolve(&Request {
+                min: true,
+                add: add.iter().map(|s| s.to_string()).collect(),
+                remove: vec![],
+            })
+            .map_err(|e| e.to_string())?;
+        features_for(&reg, &res)
+    }
+
+    #[test]
+    fn upstream_dependencies_without_code_are_skipped_not_refused() {
+        let (f, skipped) = feats(&["osrouter", "useexitnode"]).unwrap();
+        let f: Vec<&str> = f.iter().map(String::as_str).collect();
+        assert_eq!(f, ["cli", "osrouter", "useexitnode", "useroutes"]);
+        assert_eq!(skipped, ["peerapiclient"]);
+        let (f, skipped) = feats(&["advertiseexitnode"]).unwrap();
+        assert!(f.contains("peerapiserver") && f.contains("advertiseroutes"));
+        assert_eq!(skipped, ["c2n"]);
+        // Ours are real: iptables brings osrouter.
+        let (f, _) = feats(&["iptables"]).unwrap();
+        assert!(f.contains("osrouter"));
+    }
+
+    #[test]
+    fn a_named_tag_without_code_is_refused() {
+        let e = feats(&["advertiseroutes", "c2n"]).unwrap_err();
+        assert!(e.contains("`c2n` (planned, see issue 6)"), "{e}");
+    }
 }

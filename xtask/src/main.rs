@@ -26,7 +26,8 @@ commands:
         build the combined tailscale+tailscaled binary with exactly that set; print set and size
   image [--min] [--add=a,b] [--remove=c] [--target T] [--out FILE]
         a container image archive (docker-save format, uncompressed layer) that RouterOS imports,
-        built without Docker around the static binary; default tags --min --add=osrouter,dns,netstack,shell
+        built without Docker around the static binary, with FILE.sha256 (sha256sum format) beside it;
+        default tags --min --add=osrouter,dns,netstack,advertiseroutes,advertiseexitnode,peerapiserver,useroutes,useexitnode,shell
   size [--target T]
         binary size with every tag omitted, then with each tag added (dependencies included)
   check
@@ -227,6 +228,7 @@ fn run(args: &[String]) -> Result<(), String> {
                 b.archive_size as f64 / 1048576.0,
                 b.archive_sha256
             );
+            println!("digest file: {}", b.digest_file.display());
             Ok(())
         }
         "size" => {
@@ -243,7 +245,7 @@ fn run(args: &[String]) -> Result<(), String> {
             if problems.is_empty() {
                 let reg = load_registry()?;
                 println!(
-                    "featuretags.toml: {} tags ({} built), acyclic; Cargo features agree; tags.rs current; compile-time guards refuse every missing dependency",
+                    "featuretags.toml: {} tags ({} built), acyclic; Cargo features agree; tags.rs current; compile-time guards refuse every missing dependency that has code",
                     reg.tags.len(),
                     reg.cargo_tags().len()
                 );

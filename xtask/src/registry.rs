@@ -151,10 +151,15 @@ impl Registry {
                         "tag `{name}` depends on unknown tag `{dep}`{}",
                         hint(dep, &names)
                     ));
-                } else if tag.status.has_cargo_feature() && !raw.tag[dep].status.has_cargo_feature()
+                } else if tag.status.has_cargo_feature()
+                    && !raw.tag[dep].status.has_cargo_feature()
+                    && tag.ours.contains(dep)
                 {
+                    // A dependency we added is one our code needs: it must be built. One that
+                    // only Tailscale declares is recorded and kept by the resolver, but not
+                    // required while it has no code (docs/decisions.md, "Build and tags").
                     problems.push(format!(
-                        "tag `{name}` is built ({}) but its dependency `{dep}` is {}: build the dependency first",
+                        "tag `{name}` is built ({}) but its dependency `{dep}` is {}: build the dependency first (it is ours, so our code needs it)",
                         tag.status.as_str(),
                         raw.tag[dep].status.as_str()
                     ));
@@ -231,6 +236,23 @@ impl Registry {
         let mut path = Vec::new();
         walk(self, from, to, &mut path);
         path
+    }
+
+    /// The dependencies of `name` that are enforced in the build: those that have a Cargo
+    /// feature. A dependency Tailscale declares on a tag we have no code for is recorded
+    /// (and kept by the resolver) but not enforced until that tag is built.
+    pub fn built_deps(&self, name: &str) -> Vec<String> {
+        self.tags.get(name).map_or_else(Vec::new, |t| {
+            t.deps
+                .iter()
+                .filter(|d| {
+                    self.tags
+                        .get(*d)
+                        .is_some_and(|d| d.status.has_cargo_feature())
+                })
+                .cloned()
+                .collect()
+        })
     }
 
     pub fn cargo_tags(&self) -> BTreeSet<String> {
@@ -325,6 +347,7 @@ impl Registry {
             kept,
             pulled,
             explicit,
+            named: req.add.iter().cloned().collect(),
         })
     }
 }
@@ -346,6 +369,8 @@ pub struct Resolution {
     pub pulled: BTreeMap<String, String>,
     /// Tags that `--add` asked for, with their dependencies.
     pub explicit: BTreeSet<String>,
+    /// Tags that `--add` named itself.
+    pub named: BTreeSet<String>,
 }
 
 fn find_cycle(tags: &BTreeMap<String, Tag>) -> Option<Vec<String>> {
@@ -604,6 +629,22 @@ status = "planned"
         );
         let msg = Registry::parse(&text).unwrap_err().to_string();
         assert!(msg.contains("tag `dns` is built"), "{msg}");
+    }
+
+    #[test]
+    fn built_tag_on_an_upstream_dependency_without_code_is_recorded_not_required() {
+        let text = SMALL.replace(
+            "deps = [\"c2n\"]\nstatus = \"planned\"",
+            "deps = [\"c2n\"]\nstatus = \"implemented\"",
+        );
+        let r = Registry::parse(&text).expect("an upstream dependency on a planned tag is allowed");
+        assert!(r.built_deps("advertiseroutes").is_empty());
+        assert_eq!(r.tags["advertiseroutes"].deps, ["c2n"]);
+        assert_eq!(r.built_deps("dns"), ["netstack"]);
+        // Still kept by the resolver, as upstream's allowlist would.
+        let res = r.resolve(&req(true, &["advertiseroutes"], &[])).unwrap();
+        assert!(res.kept.contains("c2n"));
+        assert!(res.named.contains("advertiseroutes") && !res.named.contains("c2n"));
     }
 
     #[test]

@@ -51,6 +51,103 @@ fn build_step(root: &Path, add: &[&str]) -> Result<String, String> {
     Ok(format!("tags {} -> {} bytes", set.join(","), built.size))
 }
 
+/// The tag combinations CI lints, as `--add` lists on top of `--min` (`None`: the full
+/// default build). Each is resolved by the registry as `cargo xtask build` would, so what is
+/// linted is exactly a set the xtask accepts (dependencies pulled in, tags without code left
+/// out). One per router tag on top of osrouter, the port mapper alone, and both ends.
+pub const COMBOS: &[Option<&[&str]>] = &[
+    Some(&[]),
+    Some(&["osrouter"]),
+    Some(&["osrouter", "advertiseroutes"]),
+    Some(&["osrouter", "useexitnode"]),
+    Some(&["osrouter", "advertiseexitnode"]),
+    Some(&["osrouter", "iptables"]),
+    Some(&["portmapper"]),
+    None,
+];
+
+/// The Cargo features (`tailrouter/<tag>`) of one [`COMBOS`] entry, and its label.
+pub fn combo_features(
+    reg: &Registry,
+    combo: Option<&[&str]>,
+) -> Result<(String, Vec<String>), String> {
+    let Some(add) = combo else {
+        return Ok(("default".into(), Vec::new()));
+    };
+    let res = reg
+        .resolve(&Request {
+            min: true,
+            add: add.iter().map(|s| s.to_string()).collect(),
+            remove: vec![],
+        })
+        .map_err(|e| e.to_string())?;
+    let (feats, _) = crate::dist::features_for(reg, &res)?;
+    let label = if add.is_empty() {
+        "--min".to_string()
+    } else {
+        format!("--min --add={}", add.join(","))
+    };
+    Ok((
+        label,
+        feats
+            .iter()
+            .map(|f| format!("{}/{f}", crate::check::BIN))
+            .collect(),
+    ))
+}
+
+/// Clippy (warnings denied, every target) of the binary, the core and osrouter for each of
+/// [`COMBOS`], in the suite's one target directory (dependencies are shared between the
+/// combinations), then the binary's tests in the `--min` build, where every router flag must
+/// be refused with its tag's name.
+fn combos_step(root: &Path) -> Result<String, String> {
+    let reg = Registry::load(&root.join("featuretags.toml")).map_err(|e| e.to_string())?;
+    let mut done = Vec::new();
+    for combo in COMBOS {
+        let (label, feats) = combo_features(&reg, *combo)?;
+        let list = feats.join(",");
+        let mut args = vec![
+            "clippy",
+            "--locked",
+            "--package",
+            "tailrouter",
+            "--package",
+            "ipn",
+            "--package",
+            "osrouter",
+            "--all-targets",
+        ];
+        if combo.is_some() {
+            args.push("--no-default-features");
+            if !list.is_empty() {
+                args.extend(["--features", list.as_str()]);
+            }
+        }
+        args.extend(["--", "-D", "warnings"]);
+        eprintln!("--- tag combination {label}");
+        let t = Instant::now();
+        cargo_step(root, &args).map_err(|e| format!("{label}: {e}"))?;
+        done.push(format!("{label} {:.0}s", t.elapsed().as_secs_f64()));
+    }
+    let t = Instant::now();
+    cargo_step(
+        root,
+        &[
+            "test",
+            "--locked",
+            "--package",
+            "tailrouter",
+            "--bins",
+            "--no-default-features",
+            "--features",
+            "tailrouter/cli",
+        ],
+    )
+    .map_err(|e| format!("tests of the --min binary: {e}"))?;
+    done.push(format!("tests --min {:.0}s", t.elapsed().as_secs_f64()));
+    Ok(done.join("; "))
+}
+
 /// cargo-deny, installed from crates.io when missing. The advisory database cannot be fetched
 /// here (no network but the registries), so the advisories check is left to CI with network.
 fn deny_step(root: &Path) -> Result<String, String> {
@@ -240,6 +337,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<(), String> {
                 }
             }),
         ),
+        ("tag combinations (clippy)", Box::new(|| combos_step(root))),
         ("build --min", Box::new(|| build_step(root, &[]))),
         (
             "build --min --add=osrouter,dns,netstack",
@@ -365,5 +463,35 @@ pub fn run(root: &Path, args: &[String]) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!("{failed} step(s) failed"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_combination_is_one_the_xtask_accepts() {
+        let reg = Registry::load(&crate::workspace_root().join("featuretags.toml")).unwrap();
+        let mut seen = std::collections::BTreeSet::new();
+        for c in COMBOS {
+            let (label, feats) = combo_features(&reg, *c).unwrap();
+            assert!(seen.insert(feats.clone()), "{label} repeats another set");
+            if let Some(add) = c {
+                for a in *add {
+                    assert!(
+                        feats.contains(&format!("tailrouter/{a}")),
+                        "{label}: {feats:?}"
+                    );
+                }
+            }
+        }
+        // Each router tag is linted without the others at least once.
+        let (_, f) = combo_features(&reg, Some(&["osrouter", "useexitnode"])).unwrap();
+        assert!(f.contains(&"tailrouter/useroutes".to_string()));
+        assert!(
+            !f.iter()
+                .any(|t| t.ends_with("advertiseroutes") || t.ends_with("iptables"))
+        );
     }
 }

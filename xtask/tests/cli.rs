@@ -121,9 +121,22 @@ fn build_refuses_a_tag_without_code_before_building() {
 }
 
 #[test]
-fn build_refuses_planned_dependencies_naming_the_issue() {
-    let o = xtask(&["build", "--min", "--add=useexitnode"]);
+fn build_refuses_a_named_planned_tag_naming_the_issue() {
+    let o = xtask(&["build", "--min", "--add=osrouter,c2n"]);
     assert!(!o.status.success());
     let e = text(&o.stderr);
-    assert!(e.contains("`peerapiclient` (planned, see issue 6)"), "{e}");
+    assert!(e.contains("`c2n` (planned, see issue 6)"), "{e}");
+    assert!(!e.contains("Compiling"), "nothing may be built: {e}");
+}
+
+#[test]
+fn upstream_dependencies_without_code_are_kept_in_the_allowlist() {
+    // Tailscale's allowlist: useexitnode keeps peerapiclient (which tailrouter builds
+    // without, see dist::features_for) and useroutes.
+    let o = xtask(&["featuretags", "--min", "--add=useexitnode"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(
+        text(&o.stdout).trim(),
+        "cli,peerapiclient,useexitnode,useroutes"
+    );
 }

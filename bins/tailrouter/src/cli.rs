@@ -549,9 +549,56 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs(secs))
 }
 
+/// Refuses a flag that asks for a router job this build has no feature tag for. The flags
+/// exist in every build (so `--help` and scripts see Tailscale's flag set); only turning a
+/// job on is refused, turning it off (`--exit-node=`, `--accept-routes=false`) never is.
+fn refuse_unbuilt(a: &UpArgs) -> Result<(), String> {
+    use ipn::tags::has;
+    let asks = [
+        (
+            a.accept_routes == Some(true),
+            "--accept-routes",
+            "useroutes",
+        ),
+        (
+            a.advertise_exit_node == Some(true),
+            "--advertise-exit-node",
+            "advertiseexitnode",
+        ),
+        (
+            a.exit_node.as_deref().is_some_and(|e| !e.is_empty()),
+            "--exit-node",
+            "useexitnode",
+        ),
+        (
+            a.exit_node_allow_lan_access == Some(true),
+            "--exit-node-allow-lan-access",
+            "useexitnode",
+        ),
+        (
+            a.netfilter_backend.as_deref() == Some("iptables"),
+            "--netfilter-backend=iptables",
+            "iptables",
+        ),
+    ];
+    if let Some((_, flag, tag)) = asks.into_iter().find(|(asked, _, tag)| *asked && !has(tag)) {
+        return Err(ipn::no_tag(flag, tag));
+    }
+    // Malformed routes are up_prefs's to report.
+    let routes = a.advertise_routes.as_deref().unwrap_or_default().split(',');
+    for r in routes.filter_map(|r| r.trim().parse::<IpPrefix>().ok()) {
+        let tag = ipn::routing::tag_for_advertised(&r);
+        if !has(tag) {
+            return Err(ipn::no_tag("--advertise-routes", tag));
+        }
+    }
+    Ok(())
+}
+
 /// The prefs `up` asks for: from the current ones (or defaults with `--reset`), with the
 /// given flags applied.
 fn up_prefs(cur: &Prefs, a: &UpArgs) -> Result<Prefs, String> {
+    refuse_unbuilt(a)?;
     let mut p = if a.reset {
         Prefs::default()
     } else {
@@ -682,6 +729,8 @@ fn read_auth_key(a: &UpArgs) -> Result<String, String> {
 }
 
 async fn run_up(c: &Client, a: UpArgs, interactive: bool) -> Result<ExitCode, String> {
+    // Before the daemon is asked anything: a flag this build cannot honour is refused at once.
+    refuse_unbuilt(&a)?;
     let timeout = parse_duration(&a.timeout)?;
     let cur = c.prefs().await.map_err(daemon_err)?;
     let prefs = up_prefs(&cur, &a)?;
@@ -782,6 +831,11 @@ mod tests {
     }
 
     #[test]
+    #[cfg(all(
+        feature = "useroutes",
+        feature = "advertiseroutes",
+        feature = "advertiseexitnode"
+    ))]
     fn up_flags_map_to_prefs() {
         let a = up(&[
             "--login-server=https://hs.example/",
@@ -806,6 +860,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(all(feature = "iptables", feature = "useexitnode"))]
     fn firewall_and_exit_flags_map_to_prefs() {
         let p = up_prefs(
             &Prefs::default(),
@@ -854,6 +909,47 @@ mod tests {
         let p = up_prefs(&cur, &up(&["--reset"])).unwrap();
         assert_eq!(p.hostname, "");
         assert!(!p.route_all);
+    }
+
+    /// Each router flag is refused, naming its tag, exactly when the build lacks that tag; the
+    /// flags that turn a job off are accepted in every build.
+    #[test]
+    fn router_flags_follow_the_build() {
+        let cases: [(&[&str], &str); 8] = [
+            (&["--accept-routes"], "useroutes"),
+            (&["--advertise-routes=192.168.88.0/24"], "advertiseroutes"),
+            (&["--advertise-routes=0.0.0.0/0,::/0"], "advertiseexitnode"),
+            (&["--advertise-exit-node"], "advertiseexitnode"),
+            (&["--exit-node=gw"], "useexitnode"),
+            (&["--exit-node=100.64.0.7"], "useexitnode"),
+            (&["--exit-node-allow-lan-access"], "useexitnode"),
+            (&["--netfilter-backend=iptables"], "iptables"),
+        ];
+        for (flags, tag) in cases {
+            let r = up_prefs(&Prefs::default(), &up(flags));
+            if ipn::tags::has(tag) {
+                assert!(r.is_ok(), "{flags:?}: {r:?}");
+            } else {
+                let e = r.unwrap_err();
+                let flag = flags[0].split('=').next().unwrap();
+                assert!(e.starts_with(flag), "{flags:?}: {e}");
+                assert!(
+                    e.ends_with(&format!("this build has no {tag} feature tag")),
+                    "{flags:?}: {e}"
+                );
+            }
+        }
+        for off in [
+            "--accept-routes=false",
+            "--advertise-exit-node=false",
+            "--exit-node=",
+            "--exit-node-allow-lan-access=false",
+            "--advertise-routes=",
+            "--netfilter-backend=nftables",
+        ] {
+            let r = up_prefs(&Prefs::default(), &up(&[off]));
+            assert!(r.is_ok(), "{off}: {r:?}");
+        }
     }
 
     #[test]

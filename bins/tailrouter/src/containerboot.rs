@@ -173,8 +173,14 @@ pub(crate) fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<Boot, Str
     if let Some(routes) = get("TS_ROUTES") {
         let routes = routes.trim();
         for r in routes.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-            r.parse::<ipn::localapi::IpPrefix>()
+            let p = r
+                .parse::<ipn::localapi::IpPrefix>()
                 .map_err(|e| format!("TS_ROUTES: {r:?}: {e}"))?;
+            // Refused before the daemon starts, naming the variable rather than the flag.
+            let tag = ipn::routing::tag_for_advertised(&p);
+            if !ipn::tags::has(tag) {
+                return Err(ipn::no_tag(&format!("TS_ROUTES: {r}"), tag));
+            }
         }
         if !in_extra(&["advertise-routes"]) {
             up_flags.push(format!("--advertise-routes={routes}"));
@@ -224,7 +230,25 @@ pub(crate) fn enable_forwarding(root: &Path) -> Vec<String> {
     problems
 }
 
-pub(crate) fn main(_args: Vec<OsString>) -> ExitCode {
+/// The boot takes no arguments: an image's old `CMD` or a RouterOS `cmd=` with daemon flags
+/// would otherwise be dropped without a word. `args` starts with the program name.
+fn no_arguments(args: &[OsString]) -> Result<(), String> {
+    match args.get(1) {
+        None => Ok(()),
+        Some(a) => Err(format!(
+            "takes no arguments (got {:?}): put daemon flags in TS_TAILSCALED_EXTRA_ARGS and \
+             `tailscale up` flags in TS_EXTRA_ARGS, or run the image with the entrypoint \
+             /usr/local/bin/tailscaled to pass flags directly",
+            a.to_string_lossy()
+        )),
+    }
+}
+
+pub(crate) fn main(args: Vec<OsString>) -> ExitCode {
+    if let Err(e) = no_arguments(&args) {
+        eprintln!("containerboot: {e}");
+        return ExitCode::from(2);
+    }
     let boot = match from_env(|k| std::env::var(k).ok()) {
         Ok(b) => b,
         Err(e) => {
@@ -340,6 +364,27 @@ mod tests {
     }
 
     #[test]
+    fn ts_routes_follow_the_build() {
+        for (routes, tag) in [
+            ("192.168.88.0/24", "advertiseroutes"),
+            ("0.0.0.0/0", "advertiseexitnode"),
+        ] {
+            let r = boot(&[("TS_ROUTES", routes)]);
+            if ipn::tags::has(tag) {
+                assert!(r.is_ok(), "{routes}");
+            } else {
+                let e = r.err().unwrap();
+                assert_eq!(
+                    e,
+                    format!("TS_ROUTES: {routes}: this build has no {tag} feature tag")
+                );
+            }
+        }
+        // No routes is fine in every build.
+        assert!(boot(&[("TS_ROUTES", "")]).is_ok());
+    }
+
+    #[test]
     fn defaults_keep_state_and_leave_dns_alone() {
         let b = boot(&[]).unwrap();
         assert_eq!(
@@ -355,6 +400,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "advertiseroutes")]
     fn variables_map_to_flags() {
         let b = boot(&[
             ("TS_AUTHKEY", "hskey-auth-x"),
@@ -466,6 +512,17 @@ mod tests {
         }
         // An unsupported switch set to false asks for nothing.
         assert!(boot(&[("TS_ENABLE_METRICS", "false")]).is_ok());
+    }
+
+    #[test]
+    fn arguments_are_refused_with_where_they_go() {
+        assert!(no_arguments(&os(&["/usr/local/bin/containerboot"])).is_ok());
+        assert!(no_arguments(&os(&["containerboot"])).is_ok());
+        let e = no_arguments(&os(&["containerboot", "--statedir=/var/lib/tailscale"])).unwrap_err();
+        assert!(
+            e.contains("--statedir") && e.contains("TS_TAILSCALED_EXTRA_ARGS"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -21,9 +21,13 @@ const DEFAULT_STATEDIR: &str = "/var/lib/tailscale";
     args_override_self = true
 )]
 pub(crate) struct Args {
-    /// State file path, or `mem:` for an ephemeral node that stores nothing
-    /// [default: <statedir>/tailscaled.state]
-    #[arg(long, value_name = "PATH|mem:")]
+    /// State file path, or `mem:` for an ephemeral node that stores nothing (default:
+    /// `<statedir>/tailscaled.state`). The help text is given explicitly, in clap's style.
+    #[arg(
+        long,
+        value_name = "PATH|mem:",
+        help = "State file path, or `mem:` for an ephemeral node that stores nothing [default: <statedir>/tailscaled.state]"
+    )]
     state: Option<String>,
 
     /// Directory for the state file

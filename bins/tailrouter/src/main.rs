@@ -1,6 +1,6 @@
 //! The combined `tailscale` + `tailscaled` binary.
 //!
-//! The personality is chosen by the name it runs under (argv[0]), as Tailscale's combined
+//! The personality is chosen by the name it runs under (`argv[0]`), as Tailscale's combined
 //! build does: `tailscaled` is the daemon, `tailscale` the CLI (in builds with the `cli` tag).
 //! Under any other name (such as `tailrouter`), the first argument picks: `tailrouter
 //! tailscaled …` or `tailrouter tailscale …`.
@@ -31,7 +31,7 @@ enum Personality {
     Shell,
 }
 
-/// Picks the personality from argv[0], else from the first argument (which is then consumed).
+/// Picks the personality from `argv[0]`, else from the first argument (which is then consumed).
 fn personality(args: &mut Vec<OsString>) -> Result<Personality, String> {
     let by_name = |s: &OsString| match Path::new(s).file_name().and_then(|n| n.to_str()) {
         Some("tailscaled") => Some(Personality::Daemon),

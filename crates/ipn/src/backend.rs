@@ -178,9 +178,9 @@ struct Inner {
     health: Vec<String>,
     /// The node key expired; a login is needed (and will rotate the key).
     key_expired: Option<String>,
-    /// The IP forwarding warnings now in `health`.
-    #[cfg(feature = "osrouter")]
-    forwarding_health: Vec<String>,
+    /// The warnings about the prefs now in `health`: IP forwarding off for the routes we
+    /// advertise, prefs this build has no tag for.
+    prefs_health: Vec<String>,
 }
 
 /// The core's LocalAPI backend: prefs, state machine and persistence.
@@ -241,8 +241,7 @@ impl LocalBackend {
                 engine_up: false,
                 health,
                 key_expired: None,
-                #[cfg(feature = "osrouter")]
-                forwarding_health: Vec::new(),
+                prefs_health: Vec::new(),
             }),
             store,
             control,
@@ -278,19 +277,34 @@ impl LocalBackend {
     }
 
     /// The prefs the data plane follows (`--accept-dns`, the routing prefs), and the health
-    /// of IP forwarding for the routes this node advertises.
+    /// of IP forwarding for the routes this node advertises and of prefs this build ignores.
     fn prefs_to_dataplane(&self, g: &mut Inner) {
         let routing = crate::routing::RoutePrefs::from_prefs(&g.persisted.prefs);
-        #[cfg(feature = "osrouter")]
-        {
-            let warnings = osrouter::forwarding::check_ip_forwarding(&routing.advertise_routes);
-            let old = std::mem::replace(&mut g.forwarding_health, warnings.clone());
-            g.health.retain(|h| !old.contains(h));
-            for w in warnings {
+        #[cfg_attr(
+            not(all(feature = "osrouter", feature = "advertiseroutes")),
+            allow(unused_mut)
+        )]
+        let mut warnings: Vec<String> = crate::routing::unbuilt_pref(&g.persisted.prefs)
+            .map(|(pref, tag)| {
+                format!(
+                    "{}; the stored setting is ignored",
+                    crate::no_tag(&format!("prefs ask for {pref}"), tag)
+                )
+            })
+            .into_iter()
+            .collect();
+        #[cfg(all(feature = "osrouter", feature = "advertiseroutes"))]
+        warnings.extend(osrouter::forwarding::check_ip_forwarding(
+            &routing.advertise_routes,
+        ));
+        let old = std::mem::replace(&mut g.prefs_health, warnings.clone());
+        g.health.retain(|h| !old.contains(h));
+        for w in warnings {
+            if !old.contains(&w) {
                 tracing::warn!("{w}");
-                if !g.health.contains(&w) {
-                    g.health.push(w);
-                }
+            }
+            if !g.health.contains(&w) {
+                g.health.push(w);
             }
         }
         if let Some(dp) = &self.dataplane {
@@ -390,7 +404,14 @@ impl LocalBackend {
             old_node_key: p.old_node_key.clone(),
             auth_key,
             hostname: p.prefs.hostname.clone(),
-            advertise_routes: p.prefs.advertise_routes.clone(),
+            // Only what this build can serve is offered to control.
+            advertise_routes: p
+                .prefs
+                .advertise_routes
+                .iter()
+                .filter(|r| crate::tags::has(crate::routing::tag_for_advertised(r)))
+                .cloned()
+                .collect(),
             advertise_tags: p.prefs.advertise_tags.clone(),
             ephemeral,
         })
@@ -473,7 +494,15 @@ fn os_hostname() -> String {
         .unwrap_or_default()
 }
 
-fn check_prefs(p: &Prefs) -> Result<(), BackendError> {
+/// Refuses prefs that are malformed, or that newly ask for a job this build has no feature
+/// tag for (`old`: the prefs before the change; a value already stored is kept, ignored at run
+/// time with a health line, so a state file from a fuller build does not block every edit).
+fn check_prefs(old: &Prefs, p: &Prefs) -> Result<(), BackendError> {
+    if let Some((pref, tag)) = crate::routing::unbuilt_pref(p)
+        && crate::routing::unbuilt_pref(old) != Some((pref, tag))
+    {
+        return Err(BackendError::BadRequest(crate::no_tag(pref, tag)));
+    }
     if !p.exit_node_id.is_empty() && p.exit_node_ip.is_some() {
         return Err(BackendError::BadRequest(
             "ExitNodeID and ExitNodeIP cannot both be set".into(),
@@ -623,7 +652,7 @@ impl Backend for LocalBackend {
         let mut g = self.lock()?;
         let mut p = g.persisted.prefs.clone();
         mp.apply_to(&mut p);
-        check_prefs(&p)?;
+        check_prefs(&g.persisted.prefs, &p)?;
         let was_running = g.persisted.prefs.want_running;
         g.persisted.prefs = p;
         self.save(&g)?;
@@ -650,7 +679,7 @@ impl Backend for LocalBackend {
     fn start(&self, opts: Options) -> Result<(), BackendError> {
         let mut g = self.lock()?;
         if let Some(mut p) = opts.update_prefs {
-            check_prefs(&p)?;
+            check_prefs(&g.persisted.prefs, &p)?;
             p.config = None;
             g.persisted.prefs = p;
             self.save(&g)?;
@@ -1100,6 +1129,46 @@ mod tests {
         .unwrap();
         assert!(!b.status(false).health.iter().any(|h| h.contains("expired")));
         assert_eq!(b.state(), BackendState::Starting);
+    }
+
+    /// A LocalAPI client (Go's CLI, say) asking for a router job this build lacks gets a
+    /// clear refusal naming the pref and the tag; a value already stored does not block other
+    /// edits, and shows as a health line.
+    #[test]
+    fn prefs_of_missing_tags_are_refused_and_stored_ones_ignored() {
+        let b = backend(None);
+        let mut mp = MaskedPrefs::default();
+        mp.prefs.route_all = true;
+        mp.route_all_set = true;
+        let r = b.edit_prefs(mp);
+        if crate::tags::HAS_USEROUTES {
+            assert!(r.is_ok(), "{r:?}");
+        } else {
+            match r {
+                Err(BackendError::BadRequest(m)) => {
+                    assert_eq!(m, "RouteAll: this build has no useroutes feature tag")
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        // Stored by a fuller build: kept, ignored, reported; other edits still work.
+        let stored = Prefs {
+            exit_node_id: "gw".into(),
+            ..Prefs::default()
+        };
+        b.lock().unwrap().persisted.prefs = stored;
+        let mut mp = MaskedPrefs::default();
+        mp.prefs.hostname = "edited".into();
+        mp.hostname_set = true;
+        assert!(b.edit_prefs(mp).is_ok());
+        let st = b.status(false);
+        let line = "prefs ask for ExitNodeID: this build has no useexitnode feature tag";
+        assert_eq!(
+            st.health.iter().any(|h| h.starts_with(line)),
+            !crate::tags::HAS_USEEXITNODE,
+            "{:?}",
+            st.health
+        );
     }
 
     #[test]

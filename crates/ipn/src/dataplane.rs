@@ -612,7 +612,8 @@ impl DataPlane {
         };
         let backend = match prefs.netfilter_kind.as_str() {
             "nftables" => osrouter::NetfilterBackend::Nftables,
-            "iptables" => osrouter::NetfilterBackend::Iptables,
+            // Without the tag a stored `iptables` is ignored (a health line says so).
+            "iptables" if crate::tags::HAS_IPTABLES => osrouter::NetfilterBackend::Iptables,
             _ => osrouter::NetfilterBackend::Auto,
         };
         let cfg = osrouter::NetfilterConfig {
@@ -715,10 +716,18 @@ impl DataPlane {
 
 /// The host's interface addresses with their prefix lengths, the TUN device left out
 /// (osrouter reads them; without it an exit node filters as if the host had no networks).
+/// Only the exit-node jobs need them: none in builds without `useexitnode` (LAN access) and
+/// `advertiseexitnode` (the guest-Wi-Fi set).
 fn host_networks(tun: &str) -> Vec<IpPrefix> {
-    #[cfg(feature = "osrouter")]
+    #[cfg(all(
+        feature = "osrouter",
+        any(feature = "useexitnode", feature = "advertiseexitnode")
+    ))]
     return osrouter::ifaddrs::interface_prefixes(tun);
-    #[cfg(not(feature = "osrouter"))]
+    #[cfg(not(all(
+        feature = "osrouter",
+        any(feature = "useexitnode", feature = "advertiseexitnode")
+    )))]
     {
         let _ = tun;
         Vec::new()
@@ -791,6 +800,10 @@ mod tests {
     #[test]
     fn host_networks_follow_the_build() {
         let nets = host_networks("no-such-tun");
-        assert_eq!(nets.is_empty(), !cfg!(feature = "osrouter"), "{nets:?}");
+        let reads = cfg!(all(
+            feature = "osrouter",
+            any(feature = "useexitnode", feature = "advertiseexitnode")
+        ));
+        assert_eq!(nets.is_empty(), !reads, "{nets:?}");
     }
 }

@@ -57,6 +57,12 @@ pub fn enabled_tags() -> impl Iterator<Item = &'static str> {
         .map(|(name, _)| *name)
 }
 
+/// The message for something asked of a build that lacks its tag: `"{what}: this build has no
+/// {tag} feature tag"`. The CLI names the flag, the LocalAPI the pref.
+pub fn no_tag(what: &str, tag: &str) -> String {
+    format!("{what}: this build has no {tag} feature tag")
+}
+
 /// The tags as `--version` prints them: comma-separated, or `(none)`.
 pub fn tags_line() -> String {
     let v: Vec<&str> = enabled_tags().collect();

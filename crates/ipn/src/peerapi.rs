@@ -17,6 +17,12 @@
 //! Ports: one port for every address, picked by the kernel on the first bind and kept while
 //! the addresses stay; Hostinfo announces it as `peerapi4`/`peerapi6`, together with the
 //! `peerapi-dns-proxy` service (version 1).
+//!
+//! Without the `dns` tag there is no forwarder: `/dns-query` answers 501, and the access
+//! checks and DoH parsing below are compiled but unused (kept in one piece rather than gated
+//! line by line; the linker drops them).
+
+#![cfg_attr(not(feature = "dns"), allow(dead_code))]
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};

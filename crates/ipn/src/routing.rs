@@ -20,6 +20,12 @@
 //!   host's interfaces (its own addresses stay reachable), the private, link-local,
 //!   multicast and Tailscale ranges, like a guest Wi-Fi. A LAN is reached through an exit
 //!   node only when it is advertised as a subnet route as well (Go's `shrinkDefaultRoute`).
+//!
+//! Each job is a feature tag, and a build without it has none of its code here: `useroutes`
+//! (accepted subnets), `useexitnode` (choosing an exit node, routes kept local, LAN access),
+//! `advertiseroutes` (our subnets as filter destinations) and `advertiseexitnode` (the
+//! guest-Wi-Fi set). [`RoutePrefs::from_prefs`] drops the prefs of jobs the build lacks, and
+//! [`unbuilt_pref`] names them so the LocalAPI and the CLI can refuse them.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -50,18 +56,20 @@ pub struct RoutePrefs {
 }
 
 impl RoutePrefs {
-    /// The routing part of the prefs.
+    /// The routing part of the prefs, less what this build has no tag for (a state file
+    /// written by a fuller build, or by Go, may ask for it; [`unbuilt_pref`] says what).
     pub fn from_prefs(p: &localapi::Prefs) -> Self {
+        let use_exit = crate::tags::HAS_USEEXITNODE;
         RoutePrefs {
-            accept_routes: p.route_all,
-            exit_node_id: p.exit_node_id.clone(),
-            exit_node_ip: p.exit_node_ip,
-            exit_node_allow_lan_access: p.exit_node_allow_lan_access,
-            advertise_routes: p
-                .advertise_routes
-                .iter()
-                .filter_map(|r| IpPrefix::new(r.addr, r.bits))
-                .collect(),
+            accept_routes: crate::tags::HAS_USEROUTES && p.route_all,
+            exit_node_id: if use_exit {
+                p.exit_node_id.clone()
+            } else {
+                String::new()
+            },
+            exit_node_ip: p.exit_node_ip.filter(|_| use_exit),
+            exit_node_allow_lan_access: use_exit && p.exit_node_allow_lan_access,
+            advertise_routes: advertisable(&p.advertise_routes),
             snat_subnet_routes: !p.no_snat,
             netfilter_mode: p.netfilter_mode,
             netfilter_kind: p.netfilter_kind.clone(),
@@ -70,15 +78,67 @@ impl RoutePrefs {
         }
     }
 
-    /// Whether an exit node is asked for.
+    /// Whether an exit node is asked for (never in a build without `useexitnode`).
     pub fn wants_exit_node(&self) -> bool {
-        !self.exit_node_id.is_empty() || self.exit_node_ip.is_some()
+        crate::tags::HAS_USEEXITNODE
+            && (!self.exit_node_id.is_empty() || self.exit_node_ip.is_some())
     }
 
-    /// Whether this node offers itself as an exit node.
+    /// Whether this node offers itself as an exit node (never without `advertiseexitnode`).
     pub fn advertises_exit_node(&self) -> bool {
-        self.advertise_routes.iter().any(|r| r.bits() == 0)
+        crate::tags::HAS_ADVERTISEEXITNODE && self.advertise_routes.iter().any(|r| r.bits() == 0)
     }
+}
+
+/// The tag a route to advertise needs: `advertiseexitnode` for a default route, else
+/// `advertiseroutes`.
+pub fn tag_for_advertised(r: &localapi::types::IpPrefix) -> &'static str {
+    if r.bits == 0 {
+        "advertiseexitnode"
+    } else {
+        "advertiseroutes"
+    }
+}
+
+/// The routes of `routes` this build can advertise (its tags allow), as prefixes: what goes
+/// to control and to the filter.
+pub fn advertisable(routes: &[localapi::types::IpPrefix]) -> Vec<IpPrefix> {
+    routes
+        .iter()
+        .filter(|r| crate::tags::has(tag_for_advertised(r)))
+        .filter_map(|r| IpPrefix::new(r.addr, r.bits))
+        .collect()
+}
+
+/// The first pref in `p` that needs a feature tag this build lacks: the pref's Go name and
+/// the tag. `None` when this build can do all that `p` asks.
+pub fn unbuilt_pref(p: &localapi::Prefs) -> Option<(&'static str, &'static str)> {
+    use crate::tags;
+    let needs = [
+        (p.route_all, "RouteAll", "useroutes"),
+        (!p.exit_node_id.is_empty(), "ExitNodeID", "useexitnode"),
+        (p.exit_node_ip.is_some(), "ExitNodeIP", "useexitnode"),
+        (
+            p.exit_node_allow_lan_access,
+            "ExitNodeAllowLANAccess",
+            "useexitnode",
+        ),
+        (
+            p.advertise_routes.iter().any(|r| r.bits != 0),
+            "AdvertiseRoutes",
+            "advertiseroutes",
+        ),
+        (
+            p.advertise_routes.iter().any(|r| r.bits == 0),
+            "AdvertiseRoutes",
+            "advertiseexitnode",
+        ),
+        (p.netfilter_kind == "iptables", "NetfilterKind", "iptables"),
+    ];
+    needs
+        .into_iter()
+        .find(|(asked, _, tag)| *asked && !tags::has(tag))
+        .map(|(_, pref, tag)| (pref, tag))
 }
 
 /// What [`plan`] decided.
@@ -114,6 +174,7 @@ fn in_tailnet(p: &IpPrefix) -> bool {
 
 /// Whether `p` is the peer asked for as exit node: by stable ID, by address, or by name (the
 /// full MagicDNS name, with or without its final dot, or its first label).
+#[cfg(feature = "useexitnode")]
 fn is_chosen(p: &tailcfg::Node, prefs: &RoutePrefs) -> bool {
     if let Some(ip) = prefs.exit_node_ip {
         return p.addresses.iter().any(|a| a.addr() == ip);
@@ -132,6 +193,7 @@ fn is_chosen(p: &tailcfg::Node, prefs: &RoutePrefs) -> bool {
 }
 
 /// Ranges an exit node never forwards to unless they are advertised as subnets.
+#[cfg(feature = "advertiseexitnode")]
 const NOT_INTERNET: [(&str, u8); 9] = [
     ("192.168.0.0", 16),
     ("172.16.0.0", 12),
@@ -145,6 +207,7 @@ const NOT_INTERNET: [(&str, u8); 9] = [
 ];
 
 /// `p` with its host bits cleared.
+#[cfg(any(feature = "useexitnode", feature = "advertiseexitnode"))]
 fn masked(p: IpPrefix) -> IpPrefix {
     let a = match p.addr() {
         IpAddr::V4(a) => {
@@ -162,6 +225,7 @@ fn masked(p: IpPrefix) -> IpPrefix {
 }
 
 /// The two halves of `p` (which must be shorter than a host route).
+#[cfg(feature = "advertiseexitnode")]
 fn halves(p: IpPrefix) -> Option<[IpPrefix; 2]> {
     let bits = p.bits() + 1;
     let low = IpPrefix::new(p.addr(), bits)?;
@@ -174,6 +238,7 @@ fn halves(p: IpPrefix) -> Option<[IpPrefix; 2]> {
 
 /// `set` minus `r`, as prefixes: each prefix that holds `r` is split into halves until `r`
 /// falls out (at most one prefix per bit of length).
+#[cfg(feature = "advertiseexitnode")]
 fn subtract(set: Vec<IpPrefix>, r: IpPrefix) -> Vec<IpPrefix> {
     let r = masked(r);
     let mut out = Vec::with_capacity(set.len() + 8);
@@ -195,6 +260,7 @@ fn subtract(set: Vec<IpPrefix>, r: IpPrefix) -> Vec<IpPrefix> {
 /// What an exit node's `route` (`0.0.0.0/0` or `::/0`) lets peers reach: the route minus the
 /// host's interface networks (`host`, addresses with their prefix length) plus the host's own
 /// addresses, minus [`NOT_INTERNET`].
+#[cfg(feature = "advertiseexitnode")]
 fn internet(route: IpPrefix, host: &[IpPrefix]) -> Vec<IpPrefix> {
     let v4 = route.addr().is_ipv4();
     let mut set = vec![route];
@@ -224,11 +290,16 @@ pub fn plan(nm: &control_client::NetworkMap, prefs: &RoutePrefs, host: &[IpPrefi
     let mut taken: BTreeSet<IpPrefix> = BTreeSet::new();
     let mut routes: BTreeSet<IpPrefix> = tailnet_ranges().into_iter().collect();
     let wants_exit = prefs.wants_exit_node();
+    let accept_subnets = crate::tags::HAS_USEROUTES && prefs.accept_routes;
     for p in nm.peers.values().filter(|p| !p.key.is_zero()) {
-        let chosen = wants_exit && out.exit_node.is_none() && is_chosen(p, prefs);
         let all = p.allowed_ips.as_ref().unwrap_or(&p.addresses);
-        let offers_exit = all.iter().any(|r| r.bits() == 0);
+        #[cfg(feature = "useexitnode")]
+        let chosen = wants_exit && out.exit_node.is_none() && is_chosen(p, prefs);
+        #[cfg(not(feature = "useexitnode"))]
+        let chosen = false;
+        #[cfg(feature = "useexitnode")]
         if chosen {
+            let offers_exit = all.iter().any(|r| r.bits() == 0);
             if offers_exit && !p.expired {
                 out.exit_node = Some((p.key, p.name.trim_end_matches('.').to_string()));
             } else {
@@ -246,7 +317,7 @@ pub fn plan(nm: &control_client::NetworkMap, prefs: &RoutePrefs, host: &[IpPrefi
             } else if r.bits() == 0 {
                 use_exit
             } else {
-                prefs.accept_routes
+                accept_subnets
             };
             if keep && (p.addresses.contains(r) || taken.insert(*r)) {
                 mine.push(*r);
@@ -257,6 +328,7 @@ pub fn plan(nm: &control_client::NetworkMap, prefs: &RoutePrefs, host: &[IpPrefi
         }
         out.allowed_ips.insert(p.key, mine);
     }
+    #[cfg(feature = "useexitnode")]
     if wants_exit && out.exit_node.is_none() && out.exit_problem.is_none() {
         out.exit_problem = Some(match prefs.exit_node_ip {
             Some(ip) => format!("exit node {ip} is not a peer in the network map"),
@@ -266,6 +338,9 @@ pub fn plan(nm: &control_client::NetworkMap, prefs: &RoutePrefs, host: &[IpPrefi
             ),
         });
     }
+    #[cfg(not(feature = "useexitnode"))]
+    let _ = wants_exit;
+    #[cfg(feature = "useexitnode")]
     if out.exit_node.is_some() {
         let mut local: BTreeSet<IpPrefix> = prefs
             .advertise_routes
@@ -285,18 +360,23 @@ pub fn plan(nm: &control_client::NetworkMap, prefs: &RoutePrefs, host: &[IpPrefi
         out.local_routes = local.into_iter().collect();
     }
     out.routes = routes.into_iter().collect();
+    #[cfg_attr(not(feature = "advertiseroutes"), allow(unused_mut))]
     let mut nets: BTreeSet<IpPrefix> = nm
         .self_node
         .iter()
         .flat_map(|n| n.addresses.iter().copied())
         .collect();
+    #[cfg(feature = "advertiseroutes")]
     for r in &prefs.advertise_routes {
-        if r.bits() == 0 {
-            nets.extend(internet(*r, host));
-        } else {
+        if r.bits() != 0 {
             nets.insert(*r);
+        } else {
+            #[cfg(feature = "advertiseexitnode")]
+            nets.extend(internet(*r, host));
         }
     }
+    #[cfg(not(any(feature = "useexitnode", feature = "advertiseexitnode")))]
+    let _ = host;
     out.local_nets = nets.into_iter().collect();
     out
 }
@@ -352,6 +432,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "useroutes")]
     fn accept_routes_takes_subnets_but_not_default_routes() {
         let a = peer(
             2,
@@ -379,6 +460,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "useroutes")]
     fn a_subnet_offered_twice_goes_to_one_peer() {
         let a = peer(2, "a", "100.64.0.2/32", &["10.1.0.0/16"]);
         let b = peer(3, "b", "100.64.0.3/32", &["10.1.0.0/16"]);
@@ -393,6 +475,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "useexitnode")]
     fn exit_node_by_ip_name_or_id_gets_the_default_routes() {
         for want in [
             "100.64.0.3",
@@ -429,6 +512,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "useexitnode")]
     fn lan_access_keeps_the_hosts_networks_local() {
         let b = peer(3, "exit", "100.64.0.3/32", &["0.0.0.0/0", "::/0"]);
         let prefs = RoutePrefs {
@@ -442,6 +526,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "advertiseexitnode")]
     fn subtraction_splits_prefixes() {
         assert_eq!(
             subtract(vec![pfx("10.0.0.0/8")], pfx("10.128.0.0/9")),
@@ -463,6 +548,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "advertiseexitnode")]
     fn an_exit_node_is_a_guest_wifi() {
         let host = [
             pfx("198.51.100.2/30"),
@@ -518,6 +604,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "useexitnode")]
     fn an_exit_node_that_does_not_offer_or_is_absent_is_reported() {
         let a = peer(2, "plain", "100.64.0.2/32", &[]);
         let key = a.key;
@@ -544,6 +631,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "advertiseexitnode")]
     fn advertised_routes_are_local_to_the_filter() {
         let prefs = RoutePrefs {
             advertise_routes: vec![pfx("192.168.88.0/24"), pfx("0.0.0.0/0"), pfx("::/0")],
@@ -558,6 +646,70 @@ mod tests {
         );
         assert!(p.local_nets.contains(&pfx("192.168.88.0/24")));
         assert!(p.local_nets.contains(&pfx("100.64.0.1/32")));
+    }
+
+    /// Every routing pref of a full build, for the tag tests.
+    fn every_router_pref() -> localapi::Prefs {
+        localapi::Prefs {
+            route_all: true,
+            exit_node_id: "gw".into(),
+            exit_node_allow_lan_access: true,
+            advertise_routes: vec![
+                "192.168.88.0/24".parse().unwrap(),
+                "0.0.0.0/0".parse().unwrap(),
+            ],
+            netfilter_kind: "iptables".into(),
+            ..localapi::Prefs::default()
+        }
+    }
+
+    #[test]
+    fn prefs_of_missing_tags_are_named_and_dropped() {
+        let p = every_router_pref();
+        let r = RoutePrefs::from_prefs(&p);
+        let has = crate::tags::has;
+        assert_eq!(r.accept_routes, has("useroutes"));
+        assert_eq!(r.wants_exit_node(), has("useexitnode"));
+        assert_eq!(r.exit_node_allow_lan_access, has("useexitnode"));
+        assert_eq!(
+            r.advertise_routes.contains(&pfx("192.168.88.0/24")),
+            has("advertiseroutes")
+        );
+        assert_eq!(r.advertises_exit_node(), has("advertiseexitnode"));
+        let full = [
+            "useroutes",
+            "useexitnode",
+            "advertiseroutes",
+            "advertiseexitnode",
+            "iptables",
+        ]
+        .iter()
+        .all(|t| has(t));
+        assert_eq!(unbuilt_pref(&p).is_none(), full, "{:?}", unbuilt_pref(&p));
+        if let Some((_, tag)) = unbuilt_pref(&p) {
+            assert!(!has(tag));
+        }
+        assert_eq!(unbuilt_pref(&localapi::Prefs::default()), None);
+    }
+
+    /// Without `useroutes` and `useexitnode` a peer gets only its own addresses whatever
+    /// the prefs say; without `advertiseroutes` our subnets are not filter destinations.
+    #[test]
+    #[cfg(not(any(feature = "useroutes", feature = "advertiseroutes")))]
+    fn without_the_router_tags_routing_is_addresses_only() {
+        let a = peer(2, "gw", "100.64.0.2/32", &["192.168.1.0/24", "0.0.0.0/0"]);
+        let key = a.key;
+        let prefs = RoutePrefs {
+            accept_routes: true,
+            exit_node_id: "gw".into(),
+            advertise_routes: vec![pfx("10.1.0.0/16")],
+            ..RoutePrefs::default()
+        };
+        let p = plan(&netmap(vec![a]), &prefs, &[pfx("10.9.0.7/24")]);
+        assert_eq!(p.allowed_ips[&key], vec![pfx("100.64.0.2/32")]);
+        assert_eq!(p.routes, tailnet_ranges());
+        assert!(p.exit_node.is_none() && p.exit_problem.is_none());
+        assert_eq!(p.local_nets, vec![pfx("100.64.0.1/32")]);
     }
 
     #[test]

@@ -6,14 +6,35 @@
 //! Each built tag is a Cargo feature of this crate. Cargo's feature graph already pulls a
 //! tag's dependencies; the guards below make any build that bypasses it fail to compile.
 
+#[cfg(all(feature = "advertiseexitnode", not(feature = "peerapiserver")))]
+compile_error!("feature tag `advertiseexitnode` requires `peerapiserver` (see featuretags.toml)");
+
+#[cfg(all(feature = "advertiseexitnode", not(feature = "advertiseroutes")))]
+compile_error!("feature tag `advertiseexitnode` requires `advertiseroutes` (see featuretags.toml)");
+
 #[cfg(all(feature = "dns", not(feature = "netstack")))]
 compile_error!("feature tag `dns` requires `netstack` (see featuretags.toml)");
+
+#[cfg(all(feature = "iptables", not(feature = "osrouter")))]
+compile_error!("feature tag `iptables` requires `osrouter` (see featuretags.toml)");
+
+#[cfg(all(feature = "useexitnode", not(feature = "useroutes")))]
+compile_error!("feature tag `useexitnode` requires `useroutes` (see featuretags.toml)");
+
+/// Whether tag `advertiseexitnode` is compiled in: Offer this node as an exit node: default routes with SNAT, DNS served to its users.
+pub const HAS_ADVERTISEEXITNODE: bool = cfg!(feature = "advertiseexitnode");
+
+/// Whether tag `advertiseroutes` is compiled in: Advertise subnet routes so other nodes reach the LANs behind this router.
+pub const HAS_ADVERTISEROUTES: bool = cfg!(feature = "advertiseroutes");
 
 /// Whether tag `cli` is compiled in: The `tailscale` command-line personality in the combined binary.
 pub const HAS_CLI: bool = cfg!(feature = "cli");
 
 /// Whether tag `dns` is compiled in: MagicDNS on 100.100.100.100 and system DNS configuration. Needs netstack: quad-100 is answered only by the userspace stack.
 pub const HAS_DNS: bool = cfg!(feature = "dns");
+
+/// Whether tag `iptables` is compiled in: iptables back-end for SNAT and forwarding rules.
+pub const HAS_IPTABLES: bool = cfg!(feature = "iptables");
 
 /// Whether tag `netstack` is compiled in: The userspace network stack (smoltcp) for traffic the node itself answers, such as quad-100.
 pub const HAS_NETSTACK: bool = cfg!(feature = "netstack");
@@ -27,16 +48,32 @@ pub const HAS_PEERAPISERVER: bool = cfg!(feature = "peerapiserver");
 /// Whether tag `portmapper` is compiled in: Ask the local gateway for a port mapping (NAT-PMP, PCP, UPnP IGD) to get direct paths.
 pub const HAS_PORTMAPPER: bool = cfg!(feature = "portmapper");
 
-/// Whether tag `shell` is compiled in: A small `sh` personality (argv[0] `sh`) so a container holding only this binary has a shell for RouterOS's /container/shell.
+/// Whether tag `shell` is compiled in: A small `sh` personality, chosen when the binary runs under the name `sh`, so a container holding only this binary has a shell for RouterOS's /container/shell.
 pub const HAS_SHELL: bool = cfg!(feature = "shell");
+
+/// Whether tag `useexitnode` is compiled in: Send internet traffic through another node (exit node client).
+pub const HAS_USEEXITNODE: bool = cfg!(feature = "useexitnode");
+
+/// Whether tag `useroutes` is compiled in: Use subnet routes advertised by other nodes (--accept-routes).
+pub const HAS_USEROUTES: bool = cfg!(feature = "useroutes");
 
 /// Every tag this version of tailrouter can build, with whether this build has it.
 pub const ALL: &[(&str, bool)] = &[
+    ("advertiseexitnode", HAS_ADVERTISEEXITNODE),
+    ("advertiseroutes", HAS_ADVERTISEROUTES),
     ("cli", HAS_CLI),
     ("dns", HAS_DNS),
+    ("iptables", HAS_IPTABLES),
     ("netstack", HAS_NETSTACK),
     ("osrouter", HAS_OSROUTER),
     ("peerapiserver", HAS_PEERAPISERVER),
     ("portmapper", HAS_PORTMAPPER),
     ("shell", HAS_SHELL),
+    ("useexitnode", HAS_USEEXITNODE),
+    ("useroutes", HAS_USEROUTES),
 ];
+
+/// Whether this build has tag `name` (false for a tag this version cannot build).
+pub fn has(name: &str) -> bool {
+    ALL.iter().any(|(n, on)| *n == name && *on)
+}

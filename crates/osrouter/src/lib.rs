@@ -56,6 +56,7 @@ use tracing::warn;
 
 pub mod forwarding;
 pub mod ifaddrs;
+#[cfg(feature = "iptables")]
 mod iptables;
 pub mod netfilter;
 mod netlink;
@@ -186,6 +187,14 @@ pub enum Error {
         status: String,
         /// What it said.
         stderr: String,
+    },
+    /// Something was asked that this build leaves out (its feature tag is off).
+    #[error("{what}: this build has no {tag} feature tag")]
+    NotBuilt {
+        /// What was asked, e.g. `netfilter back-end iptables`.
+        what: &'static str,
+        /// The feature tag that brings it.
+        tag: &'static str,
     },
     /// A kernel setting (`/proc/sys`) could not be written.
     #[error("setting {key}=1: {source}. {hint}")]

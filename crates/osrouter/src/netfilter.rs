@@ -12,7 +12,9 @@
 //! second `set` with another config converges, and one after a crash replaces the leftovers)
 //! and removes everything on [`Netfilter::close`].
 
-use crate::{Error, iptables, nftables};
+#[cfg(feature = "iptables")]
+use crate::iptables;
+use crate::{Error, nftables};
 use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
@@ -216,6 +218,7 @@ impl Hook {
     }
 
     /// The iptables built-in chain that jumps to ours.
+    #[cfg(feature = "iptables")]
     pub(crate) fn builtin(self) -> &'static str {
         match self {
             Hook::Input => "INPUT",
@@ -442,6 +445,7 @@ enum Engine {
     /// No back-end chosen yet (nothing was ever asked of us, or mode is off).
     Unchosen,
     Nft(nftables::Nft),
+    #[cfg(feature = "iptables")]
     Ipt(iptables::Iptables),
     /// `auto` found no back-end: nothing is installed.
     Nothing,
@@ -451,6 +455,7 @@ impl Engine {
     fn backend(&mut self) -> Option<&mut dyn Backend> {
         match self {
             Engine::Nft(n) => Some(n),
+            #[cfg(feature = "iptables")]
             Engine::Ipt(i) => Some(i),
             Engine::Unchosen | Engine::Nothing => None,
         }
@@ -518,6 +523,7 @@ impl Netfilter {
         match &self.engine {
             Engine::Unchosen => None,
             Engine::Nft(n) => Some(n.kind()),
+            #[cfg(feature = "iptables")]
             Engine::Ipt(i) => Some(i.kind()),
             Engine::Nothing => Some(ActiveBackend::None),
         }
@@ -595,10 +601,16 @@ impl Netfilter {
                 self.engine = Engine::Nft(nftables::Nft::open()?);
                 self.apply(v4)
             }
+            #[cfg(feature = "iptables")]
             NetfilterBackend::Iptables => {
                 self.engine = Engine::Ipt(iptables::Iptables::find()?);
                 self.apply(v4)
             }
+            #[cfg(not(feature = "iptables"))]
+            NetfilterBackend::Iptables => Err(Error::NotBuilt {
+                what: "netfilter back-end iptables",
+                tag: "iptables",
+            }),
             NetfilterBackend::Auto => {
                 let nft_err = match nftables::Nft::open() {
                     Ok(n) => {
@@ -610,8 +622,10 @@ impl Netfilter {
                     }
                     Err(e) => e,
                 };
-                info!("osrouter: nftables unavailable ({nft_err}); trying iptables");
                 self.installed = [None, None]; // a refused nftables batch changed nothing
+                #[cfg(feature = "iptables")]
+                info!("osrouter: nftables unavailable ({nft_err}); trying iptables");
+                #[cfg(feature = "iptables")]
                 let ipt_err = match iptables::Iptables::find() {
                     Ok(i) => {
                         self.engine = Engine::Ipt(i);
@@ -626,6 +640,8 @@ impl Netfilter {
                     }
                     Err(e) => e,
                 };
+                #[cfg(not(feature = "iptables"))]
+                let ipt_err = "not in this build (no iptables feature tag)";
                 warn!(
                     "osrouter: no usable firewall back-end (nftables: {nft_err}; iptables: \
                      {ipt_err}); carrying on without firewall rules. {OFF_NOTICE}"

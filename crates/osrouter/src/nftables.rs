@@ -26,7 +26,9 @@ use crate::netfilter::{
     Action, ActiveBackend, Backend, BackendError, Family, FamilyRules, Hook, Match, Rule,
 };
 use crate::netlink::{self, Ack, NlError, Socket};
-use libc::{EAFNOSUPPORT, EBUSY, ENOENT, EOPNOTSUPP, EPROTONOSUPPORT};
+#[cfg(feature = "iptables")]
+use libc::EBUSY;
+use libc::{EAFNOSUPPORT, ENOENT, EOPNOTSUPP, EPROTONOSUPPORT};
 use std::collections::BTreeMap;
 use std::io;
 use std::net::IpAddr;
@@ -42,14 +44,18 @@ const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFNL_MSG_BATCH_BEGIN: u16 = 16;
 const NFNL_MSG_BATCH_END: u16 = 17;
 const NFT_MSG_NEWTABLE: u16 = 0;
+#[cfg(feature = "iptables")] // only the iptables back-end looks up and deletes others' objects
 const NFT_MSG_GETTABLE: u16 = 1;
 const NFT_MSG_DELTABLE: u16 = 2;
 const NFT_MSG_NEWCHAIN: u16 = 3;
+#[cfg(feature = "iptables")]
 const NFT_MSG_GETCHAIN: u16 = 4;
+#[cfg(feature = "iptables")]
 const NFT_MSG_DELCHAIN: u16 = 5;
 const NFT_MSG_NEWRULE: u16 = 6;
 const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_ACK: u16 = 0x4;
+#[cfg(feature = "iptables")]
 const NLM_F_NONREC: u16 = 0x100; // on a delete: refuse (EBUSY) rather than empty the object
 const NLM_F_CREATE: u16 = 0x400;
 const NLM_F_APPEND: u16 = 0x800;
@@ -623,7 +629,8 @@ impl Nft {
 }
 
 /// Someone else's object, named for [`Nft::exists`] and [`Nft::delete_if_empty`]: a table, or
-/// a chain in it.
+/// a chain in it. Used by the iptables back-end only.
+#[cfg(feature = "iptables")]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Object {
     pub(crate) family: Family,
@@ -631,6 +638,7 @@ pub(crate) struct Object {
     pub(crate) chain: Option<&'static str>,
 }
 
+#[cfg(feature = "iptables")]
 impl Object {
     fn describe(&self) -> String {
         let t = format!("table {} {}", family_word(self.family), self.table);
@@ -654,6 +662,7 @@ impl Object {
     }
 }
 
+#[cfg(feature = "iptables")]
 impl Nft {
     /// Whether `o` exists (a GET: the kernel answers with the object, or ENOENT).
     pub(crate) fn exists(&mut self, o: Object) -> Result<bool, Error> {

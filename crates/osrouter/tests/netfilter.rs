@@ -5,6 +5,9 @@
 //! filter and nat) that must come through untouched, and after `close` the namespace's
 //! firewall, routes and rules must print exactly as before.
 
+// The iptables tests need the `iptables` feature (on in workspace builds); their helpers
+// are unused without it.
+#![cfg_attr(not(feature = "iptables"), allow(dead_code, unused_imports))]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -408,6 +411,7 @@ const IPT_V4_SECOND: &str = "\
 ";
 
 #[test]
+#[cfg(feature = "iptables")]
 fn iptables_set_converge_close_restores_everything() {
     tools();
     let ns = Netns::new("ipt", true);
@@ -765,6 +769,7 @@ fn crash_then_a_new_router_cleans_up_auto_without_binaries() {
 }
 
 #[test]
+#[cfg(feature = "iptables")]
 fn crash_then_a_new_router_cleans_up_iptables() {
     crash_then_recover(
         "crash_then_a_new_router_cleans_up_iptables",
@@ -938,6 +943,7 @@ fn forwarding_masquerades_with_snat_on_only_nftables() {
 }
 
 #[test]
+#[cfg(feature = "iptables")]
 fn forwarding_masquerades_with_snat_on_only_iptables() {
     forwarding_with(NetfilterBackend::Iptables, "fwd-ipt");
 }
@@ -1004,6 +1010,7 @@ fn legacy_firewall(ns: &Netns) -> String {
 }
 
 #[test]
+#[cfg(feature = "iptables")]
 fn iptables_legacy_set_converge_close_restores_everything() {
     if is_child_of("iptables_legacy_set_converge_close_restores_everything") {
         return child_legacy_scenario();
