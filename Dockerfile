@@ -66,9 +66,11 @@ RUN case "${TARGETPLATFORM}" in \
     esac > /etc/rust-target \
  && rustup target add "$(cat /etc/rust-target)"
 COPY . /src/
-# The tag set, exactly as `cargo xtask build` takes it (the router set and the `sh` personality
-# by default, as `cargo xtask image` builds).
-ARG TAGS="--min --add=osrouter,dns,netstack,shell"
+# The tag set, exactly as `cargo xtask build` takes it. The default is what `cargo xtask image`
+# builds: the router set with its jobs (subnet routes and exit node, offered and used), the
+# PeerAPI server so an exit node serves its users' DNS, and the `sh` personality. Not iptables:
+# that back-end runs iptables binaries, which the image lacks.
+ARG TAGS="--min --add=osrouter,dns,netstack,advertiseroutes,advertiseexitnode,peerapiserver,useroutes,useexitnode,shell"
 # The commit the binary reports in --version (the build context has no .git).
 ARG COMMIT=""
 # TAGS is split into words on purpose (SC2086).
@@ -91,15 +93,17 @@ RUN --mount=type=cache,id=tailrouter-target-${TARGETARCH}${TARGETVARIANT},target
     chmod 1777 /rootfs/tmp; \
     chmod 0700 /rootfs/var/lib/tailscale; \
     cp -a /out/. /rootfs/usr/local/bin/; \
-    for name in tailscale tailscaled; do \
+    ln -s tailrouter /rootfs/usr/local/bin/containerboot; \
+    for name in containerboot tailscale tailscaled; do \
       test "$(readlink "/rootfs/usr/local/bin/$name")" = tailrouter; \
     done; \
     ln -s ../usr/local/bin/tailrouter /rootfs/bin/sh; \
     cp /etc/ssl/certs/ca-certificates.crt /rootfs/etc/ssl/certs/ca-certificates.crt
 
 # ---------------------------------------------------------------------------------------------
-# image: nothing but the binary, its two names and /bin/sh (its `sh` personality, for RouterOS
-# /container/shell), CA roots and the directories it uses.
+# image: nothing but the binary, its three names (containerboot, tailscale, tailscaled) and
+# /bin/sh (its `sh` personality, for RouterOS /container/shell), CA roots and the directories
+# it uses.
 FROM scratch AS image
 COPY --from=build /rootfs/ /
 ENV PATH=/usr/local/bin \
@@ -109,7 +113,8 @@ LABEL org.opencontainers.image.title="tailrouter" \
       org.opencontainers.image.licenses="BSD-3-Clause"
 # Node state (keys, login) must survive container re-creation: mount it from the router's disk.
 VOLUME ["/var/lib/tailscale"]
-ENTRYPOINT ["/usr/local/bin/tailscaled"]
-# The defaults spelled out; they equal tailscaled's built-in ones, so replacing CMD (RouterOS
-# `cmd=`, `docker run IMAGE --port=0 ...`) never loses them.
-CMD ["--statedir=/var/lib/tailscale", "--socket=/var/run/tailscale/tailscaled.sock"]
+# containerboot: the daemon configured by TS_* environment variables (RouterOS /container/envs),
+# with `tailscale up` run in the same process; docs/container.md lists the variables. It takes
+# no arguments, so there is no CMD: daemon flags go in TS_TAILSCALED_EXTRA_ARGS, `up` flags in
+# TS_EXTRA_ARGS. `--entrypoint /usr/local/bin/tailscaled` runs the plain daemon instead.
+ENTRYPOINT ["/usr/local/bin/containerboot"]

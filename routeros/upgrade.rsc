@@ -2,7 +2,9 @@
 #
 # What it does, once per run:
 #   1. fetches the published digest of the image archive for this router's architecture
-#      (`tailrouter-linux-ARCH.tar.sha256`, written by `cargo xtask image` next to the archive);
+#      (`tailrouter-linux-ARCH.tar.sha256`, written by `cargo xtask image` next to the archive:
+#      one `sha256sum` line, 64 lowercase hex digits, two spaces, the file name; only the
+#      digits are read);
 #   2. compares it with the digest the running container was installed from, which this script
 #      keeps in the container's comment ("tailrouter <sha256>"): nothing on flash but the
 #      router's own configuration;
@@ -10,6 +12,7 @@
 #      from the new file with the same interface, root directory, mounts and environment list,
 #      waits for the extraction, starts it and deletes the archive.
 # The state directory is a mount, so the node keeps its key and login across the upgrade.
+# docs/routeros.md is the whole guide (publishing, install, what is unverified).
 #
 # Install: /system/script/add name=tailrouter-upgrade source=[/file/get routeros/upgrade.rsc contents]
 # Run daily: /system/scheduler/add name=tailrouter-upgrade interval=1d on-event="/system/script/run tailrouter-upgrade"
@@ -31,8 +34,9 @@
 
 :local res [/tool/fetch url=$sumUrl check-certificate=yes output=user as-value]
 :local newSum [:pick ($res->"data") 0 64]
-:if ([:len $newSum] != 64) do={
-  :log error ("tailrouter upgrade: no digest at " . $sumUrl)
+# The same text the container's comment holds: sha256sum's lowercase hex, nothing else.
+:if (([:len $newSum] != 64) || !($newSum ~ "^[0-9a-f]+\$")) do={
+  :log error ("tailrouter upgrade: no sha256 digest at the start of " . $sumUrl)
   :error "no digest"
 }
 :local ct [/container/find where comment~("^" . $name . " ")]
@@ -55,7 +59,7 @@
   :while (([/container/get $ct status] != "stopped") && ($n < 60)) do={ :delay 1s; :set n ($n + 1) }
   /container/remove $ct
   /container/add file=$tarFile interface=$iface root-dir=$root mounts=$mounts envlist=$envs \
-    start-on-boot=yes logging=no comment=$want
+    start-on-boot=yes logging=yes comment=$want
   :local nct [/container/find where comment=$want]
   :set n 0
   :while (([/container/get $nct status] != "stopped") && ($n < 300)) do={ :delay 2s; :set n ($n + 1) }

@@ -13,19 +13,29 @@ use crate::registry::{Registry, Request};
 use serde_json::json;
 use std::path::{Path, PathBuf};
 
-/// The tag set when the command line names none: the router set plus the shell.
-pub const DEFAULT_ADD: &[&str] = &["osrouter", "dns", "netstack", "shell"];
+/// The tag set when the command line names none: the router set with its router jobs (subnet
+/// router and exit node, both ways), the PeerAPI server (so an exit node answers its users'
+/// DNS) and the shell. Not `iptables`: that back-end runs `iptables` binaries, which the image
+/// does not have.
+pub const DEFAULT_ADD: &[&str] = &[
+    "osrouter",
+    "dns",
+    "netstack",
+    "advertiseroutes",
+    "advertiseexitnode",
+    "peerapiserver",
+    "useroutes",
+    "useexitnode",
+    "shell",
+];
 
 /// Where Debian keeps the CA bundle the image carries (package `ca-certificates`).
 pub const CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
-/// The image's process: tailscaled with its defaults spelled out in CMD (as in the Dockerfile,
-/// where docs/packaging.md says why they are in CMD).
-pub const ENTRYPOINT: &[&str] = &["/usr/local/bin/tailscaled"];
-pub const CMD: &[&str] = &[
-    "--statedir=/var/lib/tailscale",
-    "--socket=/var/run/tailscale/tailscaled.sock",
-];
+/// The image's process: the `containerboot` personality, configured by environment variables
+/// only (RouterOS `/container/envs`; docs/container.md). It takes no arguments, so the image
+/// has no CMD (as in the Dockerfile).
+pub const ENTRYPOINT: &[&str] = &["/usr/local/bin/containerboot"];
 pub const ENV: &[&str] = &[
     "PATH=/usr/local/bin",
     "SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt",
@@ -38,7 +48,8 @@ pub const STATE_DIR: &str = "/var/lib/tailscale";
 pub struct ImageOpts {
     pub req: Request,
     pub target: Option<String>,
-    /// The archive to write; default `<target dir>/dist/tailrouter-<version>-<arch>.tar`.
+    /// The archive to write; default `<target dir>/dist/tailrouter-<version>-linux-<arch>.tar`.
+    /// Its digest goes beside it, to the same path with `.sha256` appended.
     pub out: Option<PathBuf>,
 }
 
@@ -184,6 +195,25 @@ pub fn sha256_hex(data: &[u8]) -> String {
     d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Where the archive's digest goes: the archive's path with `.sha256` appended.
+pub fn digest_path(archive: &Path) -> PathBuf {
+    let mut p = archive.as_os_str().to_owned();
+    p.push(".sha256");
+    PathBuf::from(p)
+}
+
+/// The digest file's text, in `sha256sum`'s format: 64 lowercase hex digits, two spaces
+/// (text mode, which on Linux reads the same bytes), the archive's file name, a newline.
+/// `sha256sum -c` checks it in the archive's directory, and routeros/upgrade.rsc reads the
+/// first 64 characters.
+pub fn digest_text(hex: &str, archive: &Path) -> String {
+    let name = archive
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    format!("{hex}  {name}\n")
+}
+
 /// RFC 3339 UTC time of a Unix timestamp (the image config's `created`).
 pub fn rfc3339(secs: u64) -> String {
     let days = (secs / 86400) as i64;
@@ -206,7 +236,7 @@ pub fn rfc3339(secs: u64) -> String {
     )
 }
 
-/// The rootfs as tar entries, sorted by path: the Dockerfile's layout plus `/bin/sh`.
+/// The rootfs as tar entries, sorted by path: the Dockerfile's layout, `/bin/sh` included.
 pub fn rootfs(binary: Vec<u8>, ca_bundle: Vec<u8>) -> Vec<Entry> {
     let mut v = vec![
         Entry::dir("bin", 0o755),
@@ -219,6 +249,7 @@ pub fn rootfs(binary: Vec<u8>, ca_bundle: Vec<u8>) -> Vec<Entry> {
         Entry::dir("usr", 0o755),
         Entry::dir("usr/local", 0o755),
         Entry::dir("usr/local/bin", 0o755),
+        Entry::link("usr/local/bin/containerboot", "tailrouter"),
         Entry::link("usr/local/bin/tailscale", "tailrouter"),
         Entry::link("usr/local/bin/tailscaled", "tailrouter"),
         Entry::file("usr/local/bin/tailrouter", binary, 0o755),
@@ -260,7 +291,6 @@ pub fn archive(
         "created": created,
         "config": {
             "Entrypoint": ENTRYPOINT,
-            "Cmd": CMD,
             "Env": ENV,
             "Volumes": { STATE_DIR: {} },
             "WorkingDir": "/",
@@ -342,6 +372,8 @@ pub struct Built {
     pub binary_size: u64,
     pub archive_size: u64,
     pub archive_sha256: String,
+    /// The `sha256sum`-format file beside the archive ([`digest_path`]).
+    pub digest_file: PathBuf,
     pub diff_id: String,
     pub layer_size: u64,
     pub rootfs_bytes: u64,
@@ -405,13 +437,18 @@ pub fn build(root: &Path, reg: &Registry, opts: &ImageOpts) -> Result<Built, Str
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     }
     std::fs::write(&out, &a.bytes).map_err(|e| format!("cannot write {}: {e}", out.display()))?;
+    let archive_sha256 = sha256_hex(&a.bytes);
+    let digest_file = digest_path(&out);
+    std::fs::write(&digest_file, digest_text(&archive_sha256, &out))
+        .map_err(|e| format!("cannot write {}: {e}", digest_file.display()))?;
     Ok(Built {
         path: out,
         platform,
         features: built.features,
         binary_size,
         archive_size: a.bytes.len() as u64,
-        archive_sha256: sha256_hex(&a.bytes),
+        archive_sha256,
+        digest_file,
         diff_id: a.diff_id,
         layer_size: a.layer_size,
         rootfs_bytes: a.rootfs_bytes,
@@ -460,6 +497,20 @@ mod tests {
             sha256_hex(b"abc"),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
+    }
+
+    #[test]
+    fn digest_file_is_in_sha256sum_format() {
+        let p = Path::new("/x/dist/tailrouter-0.1.0-linux-arm64.tar");
+        assert_eq!(
+            digest_path(p),
+            Path::new("/x/dist/tailrouter-0.1.0-linux-arm64.tar.sha256")
+        );
+        let hex = sha256_hex(b"abc");
+        let t = digest_text(&hex, p);
+        assert_eq!(t, format!("{hex}  tailrouter-0.1.0-linux-arm64.tar\n"));
+        // What routeros/upgrade.rsc takes: the first 64 characters.
+        assert_eq!(&t[..64], hex);
     }
 
     #[test]

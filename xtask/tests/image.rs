@@ -110,7 +110,7 @@ fn skopeo_reads_it_as_a_docker_save_archive() {
     need("skopeo");
     let (file, stdout) = image();
     assert!(
-        stdout.contains("feature set: cli,dns,netstack,osrouter,shell"),
+        stdout.contains("feature set: advertiseexitnode,advertiseroutes,cli,dns,netstack,osrouter,peerapiserver,shell,useexitnode,useroutes"),
         "{stdout}"
     );
     let src = format!("docker-archive:{}", file.display());
@@ -123,14 +123,11 @@ fn skopeo_reads_it_as_a_docker_save_archive() {
     let c: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(
         c["config"]["Entrypoint"],
-        serde_json::json!(["/usr/local/bin/tailscaled"])
+        serde_json::json!(["/usr/local/bin/containerboot"])
     );
-    assert_eq!(
-        c["config"]["Cmd"],
-        serde_json::json!([
-            "--statedir=/var/lib/tailscale",
-            "--socket=/var/run/tailscale/tailscaled.sock"
-        ])
+    assert!(
+        c["config"]["Cmd"].is_null(),
+        "containerboot takes no CMD: {c}"
     );
     assert!(
         c["config"]["Volumes"]["/var/lib/tailscale"].is_object(),
@@ -168,6 +165,7 @@ fn the_unpacked_rootfs_runs_in_fresh_namespaces() {
     // The layout and modes the image promises.
     let link = |p: &str| std::fs::read_link(rootfs.join(p)).unwrap();
     assert_eq!(link("bin/sh"), Path::new("../usr/local/bin/tailrouter"));
+    assert_eq!(link("usr/local/bin/containerboot"), Path::new("tailrouter"));
     assert_eq!(link("usr/local/bin/tailscale"), Path::new("tailrouter"));
     assert_eq!(link("usr/local/bin/tailscaled"), Path::new("tailrouter"));
     let mode = |p: &str| {
@@ -188,11 +186,7 @@ fn the_unpacked_rootfs_runs_in_fresh_namespaces() {
         serde_json::from_slice(&std::fs::read(bundle.join("config.json")).unwrap()).unwrap();
     assert_eq!(
         config["process"]["args"],
-        serde_json::json!([
-            "/usr/local/bin/tailscaled",
-            "--statedir=/var/lib/tailscale",
-            "--socket=/var/run/tailscale/tailscaled.sock"
-        ])
+        serde_json::json!(["/usr/local/bin/containerboot"])
     );
 
     // Inside: new mount, PID, network, UTS and IPC namespaces, the rootfs as /, the image's
@@ -242,19 +236,38 @@ fn the_unpacked_rootfs_runs_in_fresh_namespaces() {
     let version = env!("CARGO_PKG_VERSION");
     assert!(
         out.starts_with(&format!(
-            "{version}\n  tags: cli,dns,netstack,osrouter,shell\n"
+            "{version}\n  tags: advertiseexitnode,advertiseroutes,cli,dns,netstack,osrouter,peerapiserver,shell,useexitnode,useroutes\n"
         )),
         "{out}"
     );
     assert!(out.contains("\nhi\n"), "{out}");
     assert_eq!(
-        out.matches("tags: cli,dns,netstack,osrouter,shell").count(),
+        out.matches("tags: advertiseexitnode,advertiseroutes,cli,dns,netstack,osrouter,peerapiserver,shell,useexitnode,useroutes")
+            .count(),
         2,
         "{out}"
     );
     assert!(out.contains("sh -> ../usr/local/bin/tailrouter"), "{out}");
     assert!(out.contains("tailscaled -> tailrouter"), "{out}");
     assert!(out.ends_with("\n/var/lib\n"), "{out}");
+    // The entry point is the boot under its link's name. Refusals stop it before any daemon
+    // starts (no TUN, no socket, nothing written): arguments (an old CMD or RouterOS cmd=),
+    // then a bad variable, each exit code 2 with a line naming what is wrong.
+    let o = inside(
+        Some(
+            "/usr/local/bin/containerboot --statedir=/x; echo rc=$?; \
+             TS_USERSPACE=true containerboot; echo rc=$?",
+        ),
+        "",
+    );
+    let (out, err) = (text(&o.stdout), text(&o.stderr));
+    assert_eq!(out, "rc=2\nrc=2\n", "{err}");
+    assert!(
+        err.contains("containerboot: takes no arguments")
+            && err.contains("TS_TAILSCALED_EXTRA_ARGS"),
+        "{err}"
+    );
+    assert!(err.contains("containerboot: TS_USERSPACE=true"), "{err}");
     // Without -c, commands come from stdin (no terminal, so no prompt), and exit's status.
     let o = inside(
         None,
@@ -274,6 +287,39 @@ fn the_unpacked_rootfs_runs_in_fresh_namespaces() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The digest file beside the archive: exactly `sha256sum`'s line for it, which
+/// `sha256sum -c` accepts in the archive's directory and routeros/upgrade.rsc reads the first
+/// 64 characters of.
+#[test]
+fn the_digest_file_is_sha256sum_of_the_archive() {
+    let (file, stdout) = image();
+    let sum_file = xtask::image::digest_path(file);
+    assert_eq!(
+        sum_file.file_name().unwrap(),
+        "a.tar.sha256",
+        "named after the archive"
+    );
+    assert!(
+        stdout.contains(&format!("digest file: {}", sum_file.display())),
+        "{stdout}"
+    );
+    let written = std::fs::read_to_string(&sum_file).unwrap();
+    let dir = file.parent().unwrap();
+    let o = run(Command::new("sha256sum").arg("a.tar").current_dir(dir));
+    assert_eq!(written, text(&o.stdout), "the file is sha256sum's output");
+    assert_eq!(&written[..64], sha256_of(file));
+    assert!(
+        written[..64]
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+        "lowercase hex, as upgrade.rsc compares: {written}"
+    );
+    let o = run(Command::new("sha256sum")
+        .args(["--check", "--strict", "a.tar.sha256"])
+        .current_dir(dir));
+    assert_eq!(text(&o.stdout), "a.tar: OK\n");
+}
+
 #[test]
 fn same_inputs_give_the_same_archive() {
     let (first, stdout) = image();
@@ -290,6 +336,7 @@ fn same_inputs_give_the_same_archive() {
         "two builds, one digest"
     );
     assert_eq!(printed_sha(stdout), printed_sha(&second));
+    let _ = std::fs::remove_file(xtask::image::digest_path(&again));
     let _ = std::fs::remove_file(again);
 }
 

@@ -20,7 +20,7 @@ const TARGETS: [(&str, &str); 3] = [
 ];
 
 /// The tag set of the router image, as `cargo xtask build` takes it.
-const ROUTER_TAGS: &str = "--min --add=osrouter,dns,netstack,shell";
+const ROUTER_TAGS: &str = "--min --add=osrouter,dns,netstack,advertiseroutes,advertiseexitnode,peerapiserver,useroutes,useexitnode,shell";
 
 fn root() -> PathBuf {
     xtask::workspace_root()
@@ -278,7 +278,7 @@ fn dockerfile_stages_chain_to_a_scratch_image() {
 }
 
 #[test]
-fn image_runs_tailscaled_with_router_defaults() {
+fn image_runs_containerboot_with_router_defaults() {
     let df = Dockerfile::load();
     let last = df.stages.last().expect("stages");
     let find = |op: &str| {
@@ -287,21 +287,13 @@ fn image_runs_tailscaled_with_router_defaults() {
             .find(|i| i.op == op)
             .unwrap_or_else(|| panic!("the image stage has no {op}"))
     };
+    // containerboot, configured by environment variables only: it refuses arguments, so the
+    // image has no CMD. Its state and socket defaults are the daemon's.
     let entry = json_array(find("ENTRYPOINT"));
-    assert_eq!(
-        entry.first().map(String::as_str),
-        Some("/usr/local/bin/tailscaled")
-    );
-    let cmd = json_array(find("CMD"));
-    let all: Vec<String> = entry.iter().chain(cmd.iter()).cloned().collect();
+    assert_eq!(entry, ["/usr/local/bin/containerboot"]);
     assert!(
-        all.iter().any(|a| a == "--statedir=/var/lib/tailscale"
-            || a == "--state=/var/lib/tailscale/tailscaled.state"),
-        "state must live under /var/lib/tailscale: {all:?}"
-    );
-    assert!(
-        all.contains(&"--socket=/var/run/tailscale/tailscaled.sock".to_string()),
-        "socket must be /var/run/tailscale/tailscaled.sock: {all:?}"
+        !last.instrs.iter().any(|i| i.op == "CMD"),
+        "containerboot takes no arguments: the image stage must have no CMD"
     );
     let volumes = json_array(find("VOLUME"));
     assert!(
@@ -309,7 +301,7 @@ fn image_runs_tailscaled_with_router_defaults() {
         "{volumes:?}"
     );
 
-    // The build stage lays out the image's tree: the binary, its two names as links to it,
+    // The build stage lays out the image's tree: the binary, its three names as links to it,
     // the CA roots and the directories the daemon uses.
     let (_, build) = df.stage("build");
     let script: String = build
@@ -331,7 +323,11 @@ fn image_runs_tailscaled_with_router_defaults() {
             "the build stage does not create {want}"
         );
     }
-    for name in ["tailscale", "tailscaled"] {
+    assert!(
+        script.contains("ln -s tailrouter /rootfs/usr/local/bin/containerboot"),
+        "the build stage does not create the `containerboot` link"
+    );
+    for name in ["containerboot", "tailscale", "tailscaled"] {
         assert!(
             script.contains("/rootfs/usr/local/bin/$name")
                 || script.contains(&format!("/rootfs/usr/local/bin/{name}")),
@@ -340,7 +336,7 @@ fn image_runs_tailscaled_with_router_defaults() {
     }
     assert!(
         script.contains("readlink"),
-        "the build stage must prove tailscale and tailscaled are links to tailrouter"
+        "the build stage must prove containerboot, tailscale and tailscaled are links to tailrouter"
     );
 }
 
@@ -356,7 +352,7 @@ fn dockerfile_and_xtask_image_agree() {
             .unwrap_or_else(|| panic!("the image stage has no {op}"))
     };
     assert_eq!(json_array(find("ENTRYPOINT")), xtask::image::ENTRYPOINT);
-    assert_eq!(json_array(find("CMD")), xtask::image::CMD);
+    assert!(!last.instrs.iter().any(|i| i.op == "CMD"));
     assert_eq!(json_array(find("VOLUME")), [xtask::image::STATE_DIR]);
     let env: String = last
         .instrs
