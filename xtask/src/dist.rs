@@ -276,11 +276,7 @@ mod tests {
     fn feats(add: &[&str]) -> Result<(BTreeSet<String>, Vec<String>), String> {
         let reg = real();
         let res = reg
-            .resolve(&Request {
-                min: true,
-                add: add.iter().map(|s| s.to_string()).collect(),
-                remove: vec![],
-            })
+            .resolve(&Request::min_plus(add))
             .map_err(|e| e.to_string())?;
         features_for(&reg, &res)
     }

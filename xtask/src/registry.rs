@@ -360,6 +360,17 @@ pub struct Request {
     pub remove: Vec<String>,
 }
 
+impl Request {
+    /// `--min --add=<add>`: nothing but `add` and what it needs.
+    pub fn min_plus(add: &[&str]) -> Self {
+        Request {
+            min: true,
+            add: add.iter().map(|s| s.to_string()).collect(),
+            remove: vec![],
+        }
+    }
+}
+
 /// The resolved allowlist.
 #[derive(Debug)]
 pub struct Resolution {

@@ -34,11 +34,7 @@ fn build_step(root: &Path, add: &[&str]) -> Result<String, String> {
         root,
         &reg,
         &crate::dist::BuildOpts {
-            req: Request {
-                min: true,
-                add: add.iter().map(|s| s.to_string()).collect(),
-                remove: vec![],
-            },
+            req: Request::min_plus(add),
             ..Default::default()
         },
     )?;
@@ -75,11 +71,7 @@ pub fn combo_features(
         return Ok(("default".into(), Vec::new()));
     };
     let res = reg
-        .resolve(&Request {
-            min: true,
-            add: add.iter().map(|s| s.to_string()).collect(),
-            remove: vec![],
-        })
+        .resolve(&Request::min_plus(add))
         .map_err(|e| e.to_string())?;
     let (feats, _) = crate::dist::features_for(reg, &res)?;
     let label = if add.is_empty() {

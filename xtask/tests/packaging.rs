@@ -57,6 +57,16 @@ struct Stage {
     instrs: Vec<Instr>,
 }
 
+impl Stage {
+    /// The stage's first instruction `op`; panics naming it when there is none.
+    fn first(&self, op: &str) -> &Instr {
+        self.instrs
+            .iter()
+            .find(|i| i.op == op)
+            .unwrap_or_else(|| panic!("the image stage has no {op}"))
+    }
+}
+
 struct Dockerfile {
     /// Instructions before the first FROM (global ARGs).
     global: Vec<Instr>,
@@ -281,12 +291,7 @@ fn dockerfile_stages_chain_to_a_scratch_image() {
 fn image_runs_containerboot_with_router_defaults() {
     let df = Dockerfile::load();
     let last = df.stages.last().expect("stages");
-    let find = |op: &str| {
-        last.instrs
-            .iter()
-            .find(|i| i.op == op)
-            .unwrap_or_else(|| panic!("the image stage has no {op}"))
-    };
+    let find = |op: &str| last.first(op);
     // containerboot, configured by environment variables only: it refuses arguments, so the
     // image has no CMD. Its state and socket defaults are the daemon's.
     let entry = json_array(find("ENTRYPOINT"));
@@ -345,12 +350,7 @@ fn image_runs_containerboot_with_router_defaults() {
 fn dockerfile_and_xtask_image_agree() {
     let df = Dockerfile::load();
     let last = df.stages.last().expect("stages");
-    let find = |op: &str| {
-        last.instrs
-            .iter()
-            .find(|i| i.op == op)
-            .unwrap_or_else(|| panic!("the image stage has no {op}"))
-    };
+    let find = |op: &str| last.first(op);
     assert_eq!(json_array(find("ENTRYPOINT")), xtask::image::ENTRYPOINT);
     assert!(!last.instrs.iter().any(|i| i.op == "CMD"));
     assert_eq!(json_array(find("VOLUME")), [xtask::image::STATE_DIR]);

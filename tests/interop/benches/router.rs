@@ -134,29 +134,11 @@ fn who_server(rig: &mut Rig, host: &Host, label: &str, ip: &str) -> Result<()> {
     Ok(())
 }
 
-/// What the server at `ip:WHO_PORT` says our address is, from `host`; `None` within 5 s.
-fn who_am_i(host: &Host, ip: &str) -> Option<String> {
-    let code = format!(
-        "import socket,sys\ns=socket.create_connection(('{ip}',{WHO_PORT}),timeout=4)\n\
-         sys.stdout.write(s.recv(200).decode())\n"
-    );
-    let out = host
-        .cmd("timeout")
-        .args(["8", "python3", "-c", &code])
-        .stdin(Stdio::null())
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
-        .filter(|s| !s.is_empty())
-}
-
 /// Waits until `from` reaches `ip` and the server there sees `want`.
 fn wait_seen(from: &Host, ip: &str, want: &str, what: &str) -> Result<()> {
     let mut last = None;
     wait_for(what, LIMIT, || {
-        last = who_am_i(from, ip);
+        last = from.who_am_i(ip, WHO_PORT);
         (last.as_deref() == Some(want)).then_some(())
     })
     .map_err(|e| Error(format!("{e} (last answer {last:?}, want {want})")))
@@ -611,7 +593,7 @@ fn bench(t0: Instant) -> Result<()> {
     let load_after_exit = loadavg();
     // Still the last exit node, still direct?
     let last = &routers[routers.len() - 1];
-    let still = who_am_i(&c.host, "203.0.113.2");
+    let still = c.host.who_am_i("203.0.113.2", WHO_PORT);
     if still.as_deref() != Some(last.wan_ip.as_str()) {
         checks.push(format!(
             "AFTER THE RUNS the internet host saw {still:?}, not {}",

@@ -81,8 +81,10 @@ pub fn dnsmasq(rig: &mut Rig, role: &str, names: &[(&str, &str)]) -> Result<Host
     Ok(host)
 }
 
-/// [`dnsmasq`] on an existing host (such as a [`Rig::bare_host`]), on `host.ip`.
-pub fn dnsmasq_on(rig: &mut Rig, host: &Host, role: &str, names: &[(&str, &str)]) -> Result<()> {
+/// dnsmasq in `host`'s namespace on port 53, in the foreground, logging queries to stderr,
+/// reading no configuration, hosts file or resolv.conf: the caller adds where it listens and
+/// what it answers.
+pub fn dnsmasq_command(host: &Host) -> std::process::Command {
     let mut cmd = host.cmd("dnsmasq");
     cmd.args([
         "--keep-in-foreground",
@@ -94,6 +96,14 @@ pub fn dnsmasq_on(rig: &mut Rig, host: &Host, role: &str, names: &[(&str, &str)]
         "--bind-interfaces",
         "--port=53",
         "--user=root",
+    ]);
+    cmd
+}
+
+/// [`dnsmasq`] on an existing host (such as a [`Rig::bare_host`]), on `host.ip`.
+pub fn dnsmasq_on(rig: &mut Rig, host: &Host, role: &str, names: &[(&str, &str)]) -> Result<()> {
+    let mut cmd = dnsmasq_command(host);
+    cmd.args([
         "--cache-size=1000",
         // dnsmasq gives its own records TTL 0 by default: nothing could cache them.
         "--local-ttl=300",

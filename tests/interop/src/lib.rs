@@ -303,6 +303,26 @@ impl Host {
         c
     }
 
+    /// Connects from this host to `ip:port` and returns what the server there said (a
+    /// who-am-I server answers with the address it saw us come from); `None` if nothing came
+    /// within 4 s.
+    pub fn who_am_i(&self, ip: &str, port: u16) -> Option<String> {
+        let code = format!(
+            "import socket,sys\ns=socket.create_connection(('{ip}',{port}),timeout=4)\n\
+             sys.stdout.write(s.recv(200).decode())\n"
+        );
+        let out = self
+            .cmd("timeout")
+            .args(["8", "python3", "-c", &code])
+            .stdin(Stdio::null())
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+            .filter(|s| !s.is_empty())
+    }
+
     /// One ping to `ip` from this host, answered within 2 s.
     pub fn ping1(&self, ip: &str) -> bool {
         self.cmd("ping")

@@ -233,18 +233,9 @@ fn envs(dir: &Path, hs: &Headscale, key: Option<&str>, tun: &str) -> Vec<(&'stat
 /// else: `/ip/dns/static add name=rig.test type=FWD forward-to=100.100.100.100
 /// match-subdomain=yes`.
 fn router_dns(rig: &mut Rig, router: &Host) {
-    let mut cmd = router.cmd("dnsmasq");
+    let mut cmd = interop::dns::dnsmasq_command(router);
     cmd.args([
-        "--keep-in-foreground",
-        "--log-facility=-",
-        "--log-queries",
-        "--no-resolv",
-        "--no-hosts",
-        "--conf-file=/dev/null",
-        "--bind-interfaces",
         "--listen-address=127.0.0.1",
-        "--port=53",
-        "--user=root",
         "--server=/rig.test/100.100.100.100",
     ])
     .arg(format!(

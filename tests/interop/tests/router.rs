@@ -42,27 +42,9 @@ fn who_server(host: &Host, ip: &str, port: u16) -> Server {
     Server(python_server(host, &code).unwrap())
 }
 
-/// Connects from `host` to `ip:port` and returns what the server said (its view of our
-/// address); `None` if nothing came within 5 s.
-fn who_am_i(host: &Host, ip: &str, port: u16) -> Option<String> {
-    let code = format!(
-        "import socket,sys\ns=socket.create_connection(('{ip}',{port}),timeout=4)\n\
-         sys.stdout.write(s.recv(200).decode())\n"
-    );
-    let out = host
-        .cmd("timeout")
-        .args(["8", "python3", "-c", &code])
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
-        .filter(|s| !s.is_empty())
-}
-
 /// Waits until `who_am_i` answers; panics with tailrouter's log if it never does.
 fn reach(rig: &Rig, from: &Host, ip: &str, port: u16, what: &str, tr: &TailrouterNode) -> String {
-    match wait_for(what, LIMIT, || who_am_i(from, ip, port)) {
+    match wait_for(what, LIMIT, || from.who_am_i(ip, port)) {
         Ok(s) => s,
         Err(e) => panic!("{e}\n{}", rig.log_tail(&tr.label, 60)),
     }
@@ -283,14 +265,16 @@ fn subnet_router_with_snat_on_and_off() {
     );
     let go_ip = go.ipv4().unwrap();
     let seen = wait_for("the LAN sees the tailnet address", LIMIT, || {
-        who_am_i(&go.host, "10.77.0.2", 7100).filter(|s| *s == go_ip)
+        go.host.who_am_i("10.77.0.2", 7100).filter(|s| *s == go_ip)
     });
     if let Err(e) = seen {
         panic!("{e}\n{}", rig.log_tail(&tr.label, 60));
     }
     let go_ip6 = go.tailscale(&["ip", "-6"]).unwrap().trim().to_string();
     let seen = wait_for("the LAN sees the tailnet address (IPv6)", LIMIT, || {
-        who_am_i(&go.host, "fd00:77::2", 7102).filter(|s| *s == go_ip6)
+        go.host
+            .who_am_i("fd00:77::2", 7102)
+            .filter(|s| *s == go_ip6)
     });
     if let Err(e) = seen {
         panic!("{e}\n{}", rig.log_tail(&tr.label, 60));
@@ -345,7 +329,7 @@ fn state_is_restored_after_down_and_after_a_crash_and_restart() {
     });
     assert_eq!(tr.status().unwrap()["BackendState"], "Stopped");
     assert_eq!(
-        who_am_i(&go.host, "10.79.0.2", 7300),
+        go.host.who_am_i("10.79.0.2", 7300),
         None,
         "the subnet is still routed after down"
     );
@@ -443,11 +427,11 @@ fn go_node_uses_tailrouter_as_exit_node() {
     // The exit node's own LAN stays closed (the same server answers the LAN host itself).
     let lan_srv = who_server(&lan, "10.78.0.2", 7201);
     assert_eq!(
-        who_am_i(&tr.host, "10.78.0.2", 7201).as_deref(),
+        tr.host.who_am_i("10.78.0.2", 7201).as_deref(),
         Some("10.78.0.1")
     );
     assert_eq!(
-        who_am_i(&go.host, "10.78.0.2", 7201),
+        go.host.who_am_i("10.78.0.2", 7201),
         None,
         "LAN reached via exit node"
     );
