@@ -122,6 +122,18 @@ fn load_registry() -> Result<Registry, String> {
     Registry::load(&workspace_root().join("featuretags.toml")).map_err(|e| e.to_string())
 }
 
+/// The registry, for commands that build: refused while `cargo xtask check` finds problems.
+fn checked_registry(root: &std::path::Path) -> Result<Registry, String> {
+    let problems = check::run(root);
+    if !problems.is_empty() {
+        return Err(format!(
+            "not building, `cargo xtask check` fails:\n{}",
+            problems.join("\n")
+        ));
+    }
+    load_registry()
+}
+
 fn run(args: &[String]) -> Result<(), String> {
     let Some(cmd) = args.first() else {
         return Err(USAGE.into());
@@ -149,14 +161,7 @@ fn run(args: &[String]) -> Result<(), String> {
                     "--min", "--add", "--remove", "--target", "--out", "--static",
                 ],
             )?;
-            let problems = check::run(&root);
-            if !problems.is_empty() {
-                return Err(format!(
-                    "not building, `cargo xtask check` fails:\n{}",
-                    problems.join("\n")
-                ));
-            }
-            let reg = load_registry()?;
+            let reg = checked_registry(&root)?;
             let built = dist::build(
                 &root,
                 &reg,
@@ -186,14 +191,7 @@ fn run(args: &[String]) -> Result<(), String> {
         }
         "image" => {
             let o = parse_opts(rest, &["--min", "--add", "--remove", "--target", "--out"])?;
-            let problems = check::run(&root);
-            if !problems.is_empty() {
-                return Err(format!(
-                    "not building, `cargo xtask check` fails:\n{}",
-                    problems.join("\n")
-                ));
-            }
-            let reg = load_registry()?;
+            let reg = checked_registry(&root)?;
             let b = xtask::image::build(
                 &root,
                 &reg,

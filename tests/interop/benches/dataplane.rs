@@ -21,8 +21,8 @@
 //! results are kept in `docs/benchmarks/dataplane.md`.
 
 use interop::bench::{
-    Daemon, clk_tck, cpu_ticks, daemon, first_line, loadavg, median, mib, peer, release_bin,
-    status_kb, wait_direct,
+    Daemon, clk_tck, cpu_ticks, daemon, first_line, iperf_result, loadavg, median, mib, peer,
+    release_bin, status_kb, wait_direct,
 };
 use interop::{Error, Host, Result, Rig, TailnetNode, run, wait_for};
 use serde_json::Value;
@@ -346,26 +346,11 @@ fn iperf(
         drops(&ends[from].host, &ends[from].tun)?,
         drops(&ends[to].host, &ends[to].tun)?,
     ];
-    let text = std::fs::read_to_string(&out_path)
-        .map_err(|e| Error(format!("read {}: {e}", out_path.display())))?;
-    let v: Value = serde_json::from_str(&text)
-        .map_err(|e| Error(format!("iperf3 output is not JSON ({e}): {text}")))?;
-    if let Some(e) = v.get("error") {
-        return err(format!("iperf3: {e}"));
-    }
-    let recv = &v["end"]["sum_received"];
-    let (Some(bytes), Some(bps)) = (recv["bytes"].as_f64(), recv["bits_per_second"].as_f64())
-    else {
-        return err(format!("iperf3 result lacks end.sum_received: {text}"));
-    };
-    let gbit = bytes * 8.0 / 1e9;
-    if gbit <= 0.0 {
-        return err(format!("iperf3 moved nothing: {text}"));
-    }
-    let per = |i: usize| (after[i] - before[i]) as f64 / tck / gbit;
+    let r = iperf_result(&out_path)?;
+    let per = |i: usize| (after[i] - before[i]) as f64 / tck / r.gbit;
     Ok(Sample {
-        mbps: bps / 1e6,
-        retransmits: v["end"]["sum_sent"]["retransmits"].as_i64().unwrap_or(-1),
+        mbps: r.mbps,
+        retransmits: r.retransmits,
         cpu_per_gbit: [per(0), per(1)],
         drops: [
             drops_after[0].minus(drops_before[0]),

@@ -31,13 +31,13 @@
 //! `ROUTER_BENCH_SECS` and `ROUTER_BENCH_REPS` override the run length and the rounds.
 
 use interop::bench::{
-    Daemon, clk_tck, cpu_ticks, daemon, first_line, loadavg, median, peer, release_bin, wait_direct,
+    Daemon, clk_tck, cpu_ticks, daemon, first_line, iperf_result, loadavg, median, peer,
+    release_bin, wait_direct,
 };
 use interop::{
     Error, GoNode, Headscale, Host, Result, Rig, TailnetNode, TailrouterNode, TailrouterOptions,
     run, wait_for, wait_listed,
 };
-use serde_json::Value;
 use std::collections::BTreeSet;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -246,29 +246,11 @@ fn iperf(
         .status()
         .map_err(|e| Error(format!("cannot run iperf3: {e}")))?;
     let after = [cpu_ticks(router.pid)?, cpu_ticks(client_daemon.pid)?];
-    let text = std::fs::read_to_string(&out_path)
-        .map_err(|e| Error(format!("read {}: {e}", out_path.display())))?;
-    let v: Value = serde_json::from_str(&text).map_err(|e| {
-        Error(format!(
-            "iperf3 ({status}) output is not JSON ({e}): {text}"
-        ))
-    })?;
-    if let Some(e) = v.get("error") {
-        return err(format!("iperf3: {e}"));
-    }
-    let recv = &v["end"]["sum_received"];
-    let (Some(bytes), Some(bps)) = (recv["bytes"].as_f64(), recv["bits_per_second"].as_f64())
-    else {
-        return err(format!("iperf3 result lacks end.sum_received: {text}"));
-    };
-    let gbit = bytes * 8.0 / 1e9;
-    if gbit <= 0.0 {
-        return err(format!("iperf3 moved nothing: {text}"));
-    }
-    let per = |i: usize| (after[i] - before[i]) as f64 / tck / gbit;
+    let r = iperf_result(&out_path).map_err(|e| Error(format!("iperf3 ({status}): {e}")))?;
+    let per = |i: usize| (after[i] - before[i]) as f64 / tck / r.gbit;
     Ok(Sample {
-        mbps: bps / 1e6,
-        retransmits: v["end"]["sum_sent"]["retransmits"].as_i64().unwrap_or(-1),
+        mbps: r.mbps,
+        retransmits: r.retransmits,
         router_cpu: per(0),
         client_cpu: per(1),
     })

@@ -181,3 +181,39 @@ pub fn wait_direct<N: TailnetNode>(
         },
     )
 }
+
+/// What one iperf3 run (`iperf3 -J`) reports: received rate and volume, sender retransmits.
+#[derive(Debug, Clone, Copy)]
+pub struct Iperf {
+    /// Mbit/s received.
+    pub mbps: f64,
+    /// Gigabits received.
+    pub gbit: f64,
+    /// TCP retransmits at the sender; -1 when iperf3 does not say.
+    pub retransmits: i64,
+}
+
+/// Reads the JSON iperf3 wrote to `path`; an error for anything but a run that moved data.
+pub fn iperf_result(path: &std::path::Path) -> Result<Iperf> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error(format!("read {}: {e}", path.display())))?;
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| Error(format!("iperf3 output is not JSON ({e}): {text}")))?;
+    if let Some(e) = v.get("error") {
+        return err(format!("iperf3: {e}"));
+    }
+    let recv = &v["end"]["sum_received"];
+    let (Some(bytes), Some(bps)) = (recv["bytes"].as_f64(), recv["bits_per_second"].as_f64())
+    else {
+        return err(format!("iperf3 result lacks end.sum_received: {text}"));
+    };
+    let gbit = bytes * 8.0 / 1e9;
+    if gbit <= 0.0 {
+        return err(format!("iperf3 moved nothing: {text}"));
+    }
+    Ok(Iperf {
+        mbps: bps / 1e6,
+        gbit,
+        retransmits: v["end"]["sum_sent"]["retransmits"].as_i64().unwrap_or(-1),
+    })
+}
