@@ -10,6 +10,7 @@
 //! is the zero value, unknown fields are ignored, maps keyed by integers (region and node IDs)
 //! have decimal string keys. Zero fields are left out when writing, like Go's `omitempty`.
 
+pub mod anchors;
 pub mod control;
 mod de;
 pub mod derp;

@@ -1,23 +1,22 @@
-//! TLS for `https://` control URLs: rustls on ring, TLS 1.3 only, trusting the system's PEM
+//! TLS for `https://` control URLs: rustls on ring, TLS 1.3 only, trusting the system's CA
 //! bundle.
 //!
 //! Roots come from `SSL_CERT_FILE` when it is set (and then only from there, as OpenSSL and
-//! Go do), else from the first of [`SYSTEM_BUNDLES`] that holds a certificate. The bundle is
-//! read on each dial, so a replaced bundle takes effect on the next connection.
+//! Go do), else from the first of [`SYSTEM_BUNDLES`] that holds a certificate. A bundle is
+//! either PEM or a tailrouter anchor file ([`tailcfg::anchors`], told apart by its magic
+//! bytes). The bundle is read on each dial, so a replaced bundle takes effect on the next
+//! connection.
 
 use crate::Error;
 use rustls::pki_types::pem::PemObject as _;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::{CertificateDer, Der, ServerName, TrustAnchor};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
-/// Where the system bundle is looked for, in order, when `SSL_CERT_FILE` is not set:
-/// Debian/Ubuntu/Alpine/OpenWrt, then the BSD/macOS style path.
-pub(crate) const SYSTEM_BUNDLES: [&str; 2] =
-    ["/etc/ssl/certs/ca-certificates.crt", "/etc/ssl/cert.pem"];
+pub(crate) use tailcfg::anchors::SYSTEM_BUNDLES;
 
 /// The most bytes read from a bundle file (Mozilla's whole bundle is about 220 KB).
 const MAX_BUNDLE: u64 = 8 << 20;
@@ -37,16 +36,29 @@ fn no_roots(detail: String) -> Error {
     }
 }
 
-/// Reads the certificates of one PEM bundle; unparsable blocks are skipped.
-fn read_bundle(path: &Path) -> io::Result<Vec<CertificateDer<'static>>> {
+/// The roots of one bundle: a tailrouter anchor file, which must parse as a whole, or PEM,
+/// whose unparsable blocks are skipped.
+fn read_bundle(path: &Path) -> io::Result<rustls::RootCertStore> {
     use std::io::Read as _;
     let mut data = Vec::new();
     std::fs::File::open(path)?
         .take(MAX_BUNDLE)
         .read_to_end(&mut data)?;
-    Ok(CertificateDer::pem_slice_iter(&data)
-        .filter_map(Result::ok)
-        .collect())
+    let mut store = rustls::RootCertStore::empty();
+    if tailcfg::anchors::is_anchor_file(&data) {
+        let anchors = tailcfg::anchors::parse(&data)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        store.extend(anchors.into_iter().map(|a| TrustAnchor {
+            subject: Der::from(a.subject),
+            subject_public_key_info: Der::from(a.spki),
+            name_constraints: a.name_constraints.map(Der::from),
+        }));
+    } else {
+        store.add_parsable_certificates(
+            CertificateDer::pem_slice_iter(&data).filter_map(Result::ok),
+        );
+    }
+    Ok(store)
 }
 
 /// The root store from the first candidate that yields at least one usable certificate.
@@ -54,9 +66,8 @@ pub(crate) fn load_roots(candidates: &[PathBuf]) -> Result<rustls::RootCertStore
     let mut tried = Vec::new();
     for path in candidates {
         match read_bundle(path) {
-            Ok(certs) => {
-                let mut store = rustls::RootCertStore::empty();
-                let (added, _) = store.add_parsable_certificates(certs);
+            Ok(store) => {
+                let added = store.len();
                 if added > 0 {
                     tracing::debug!(path = %path.display(), added, "TLS roots loaded");
                     return Ok(store);
@@ -68,7 +79,7 @@ pub(crate) fn load_roots(candidates: &[PathBuf]) -> Result<rustls::RootCertStore
     }
     Err(no_roots(format!(
         "no CA certificates found for https:// control URLs: tried {}; \
-         install a CA bundle or set SSL_CERT_FILE to a PEM file",
+         install a CA bundle or set SSL_CERT_FILE to a PEM bundle or tailrouter anchor file",
         tried.join(", ")
     )))
 }
@@ -91,7 +102,7 @@ pub(crate) fn config_with(
     Ok(Arc::new(cfg))
 }
 
-/// The configuration trusting only the certificates of one PEM bundle.
+/// The configuration trusting only the roots of one bundle (PEM or tailrouter anchor file).
 pub(crate) fn config_from_file(bundle: &Path) -> Result<Arc<rustls::ClientConfig>, Error> {
     config_with(load_roots(&[bundle.to_path_buf()])?)
 }
@@ -163,6 +174,61 @@ mod tests {
             Ok(store) => assert!(!store.is_empty()),
             Err(e) => assert!(e.to_string().contains("no CA certificates"), "{e}"),
         }
+    }
+
+    /// The first root of the system bundle, as the anchor it loads to.
+    fn system_anchor() -> tailcfg::anchors::Anchor {
+        let path = SYSTEM_BUNDLES[0];
+        let pem = std::fs::read(path).unwrap_or_else(|e| {
+            panic!(
+                "this test needs a real CA certificate from {path}: {e} (install ca-certificates)"
+            )
+        });
+        let mut store = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(&pem).filter_map(Result::ok) {
+            if store.add(cert).is_ok() {
+                break;
+            }
+        }
+        let ta = store
+            .roots
+            .first()
+            .unwrap_or_else(|| panic!("{path} holds no usable certificate"));
+        tailcfg::anchors::Anchor {
+            subject: ta.subject.to_vec(),
+            spki: ta.subject_public_key_info.to_vec(),
+            name_constraints: ta.name_constraints.as_ref().map(|n| n.to_vec()),
+        }
+    }
+
+    #[test]
+    fn anchor_file_loads() {
+        let anchor = system_anchor();
+        let file = tailcfg::anchors::encode(std::slice::from_ref(&anchor)).unwrap();
+        let path = std::env::temp_dir().join(format!("trtls-{}-roots.anchors", std::process::id()));
+        std::fs::write(&path, &file).unwrap();
+        let store = load_roots(&[PathBuf::from("/nonexistent"), path.clone()]).unwrap();
+        assert_eq!(store.len(), 1);
+        assert_eq!(store.roots[0].subject.as_ref(), anchor.subject.as_slice());
+        assert_eq!(
+            store.roots[0].subject_public_key_info.as_ref(),
+            anchor.spki.as_slice()
+        );
+        assert!(config_with(store).is_ok());
+
+        // A damaged anchor file is reported like an unreadable one, not read as PEM.
+        std::fs::write(&path, &file[..file.len() - 1]).unwrap();
+        let text = load_roots(std::slice::from_ref(&path))
+            .unwrap_err()
+            .to_string();
+        assert!(text.contains("anchor file truncated"), "{text}");
+        // An anchor file without records holds no certificates.
+        std::fs::write(&path, tailcfg::anchors::MAGIC).unwrap();
+        let text = load_roots(std::slice::from_ref(&path))
+            .unwrap_err()
+            .to_string();
+        assert!(text.contains("(no certificates)"), "{text}");
+        let _ = std::fs::remove_file(path);
     }
 
     #[tokio::test]

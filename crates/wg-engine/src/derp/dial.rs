@@ -28,7 +28,8 @@
 //!   - otherwise: the chain is verified against the roots for `HostName`.
 //!
 //! Roots are [`DialOptions::tls_roots`], or the system bundle: `SSL_CERT_FILE`, else
-//! `/etc/ssl/certs/ca-certificates.crt`, else `/etc/ssl/cert.pem`.
+//! `/etc/ssl/certs/ca-certificates.crt`, else `/etc/ssl/cert.pem`, each a PEM bundle or a
+//! tailrouter anchor file ([`tailcfg::anchors`]).
 
 use super::cert;
 use super::client::{Client, ClientError};
@@ -38,7 +39,7 @@ use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::pem::PemObject as _;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, Der, ServerName, TrustAnchor, UnixTime};
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -68,8 +69,8 @@ pub const USE_HTTP_ENV: &str = "TS_DEBUG_USE_DERP_HTTP";
 #[non_exhaustive]
 pub struct DialOptions {
     /// The roots certificates are verified against; `None` means the system bundle
-    /// (`SSL_CERT_FILE`, `/etc/ssl/certs/ca-certificates.crt`, `/etc/ssl/cert.pem`), read
-    /// when a node needs it.
+    /// (`SSL_CERT_FILE`, `/etc/ssl/certs/ca-certificates.crt`, `/etc/ssl/cert.pem`; a PEM
+    /// bundle or tailrouter anchor file), read when a node needs it.
     pub tls_roots: Option<Arc<RootCertStore>>,
     /// Plain HTTP instead of TLS, on port 3340 unless the node sets `DERPPort`: Go's
     /// `TS_DEBUG_USE_DERP_HTTP=1`, for test setups only. Ignored by URLs, whose scheme
@@ -545,8 +546,7 @@ impl Roots {
 // private copy on purpose: wg-engine must not depend on the control client, and tailcfg,
 // which both use, stays free of I/O.
 
-/// Where the system bundle is looked for when `SSL_CERT_FILE` is not set.
-const SYSTEM_BUNDLES: [&str; 2] = ["/etc/ssl/certs/ca-certificates.crt", "/etc/ssl/cert.pem"];
+use tailcfg::anchors::SYSTEM_BUNDLES;
 
 /// The most bytes read from a bundle (Mozilla's whole bundle is about 220 KB).
 const MAX_BUNDLE: u64 = 8 << 20;
@@ -564,9 +564,8 @@ fn load_roots(candidates: &[PathBuf]) -> Result<RootCertStore, String> {
     let mut tried = Vec::new();
     for path in candidates {
         match read_bundle(path) {
-            Ok(certs) => {
-                let mut store = RootCertStore::empty();
-                if store.add_parsable_certificates(certs).0 > 0 {
+            Ok(store) => {
+                if !store.is_empty() {
                     return Ok(store);
                 }
                 tried.push(format!("{} (no certificates)", path.display()));
@@ -576,20 +575,34 @@ fn load_roots(candidates: &[PathBuf]) -> Result<RootCertStore, String> {
     }
     Err(format!(
         "no CA certificates for DERP over TLS: tried {}; install a CA bundle or set \
-         SSL_CERT_FILE to a PEM file",
+         SSL_CERT_FILE to a PEM bundle or tailrouter anchor file",
         tried.join(", ")
     ))
 }
 
-fn read_bundle(path: &Path) -> std::io::Result<Vec<CertificateDer<'static>>> {
+/// The roots of one bundle: a tailrouter anchor file, which must parse as a whole, or PEM,
+/// whose unparsable blocks are skipped.
+fn read_bundle(path: &Path) -> std::io::Result<RootCertStore> {
     use std::io::Read as _;
     let mut data = Vec::new();
     std::fs::File::open(path)?
         .take(MAX_BUNDLE)
         .read_to_end(&mut data)?;
-    Ok(CertificateDer::pem_slice_iter(&data)
-        .filter_map(Result::ok)
-        .collect())
+    let mut store = RootCertStore::empty();
+    if tailcfg::anchors::is_anchor_file(&data) {
+        let anchors = tailcfg::anchors::parse(&data)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+        store.extend(anchors.into_iter().map(|a| TrustAnchor {
+            subject: Der::from(a.subject),
+            subject_public_key_info: Der::from(a.spki),
+            name_constraints: a.name_constraints.map(Der::from),
+        }));
+    } else {
+        store.add_parsable_certificates(
+            CertificateDer::pem_slice_iter(&data).filter_map(Result::ok),
+        );
+    }
+    Ok(store)
 }
 
 /// A rustls client configuration for one node: ring, TLS 1.2 and 1.3, no ALPN (as Go's
@@ -1068,6 +1081,38 @@ mod tests {
         let store = load_roots(&[PathBuf::from("/nonexistent"), pem.clone()]).unwrap();
         assert_eq!(store.len(), 1);
         let _ = std::fs::remove_file(pem);
+    }
+
+    #[test]
+    fn roots_from_an_anchor_file() {
+        use rustls::pki_types::pem::PemObject as _;
+        use tailcfg::anchors::{Anchor, MAGIC, encode};
+        let cert =
+            CertificateDer::from_pem_slice(include_bytes!("testdata/derpkey-cn.pem")).unwrap();
+        let mut from_pem = RootCertStore::empty();
+        from_pem.add(cert).unwrap();
+        let ta = &from_pem.roots[0];
+        let anchor = Anchor {
+            subject: ta.subject.to_vec(),
+            spki: ta.subject_public_key_info.to_vec(),
+            name_constraints: ta.name_constraints.as_ref().map(|n| n.to_vec()),
+        };
+        let file = encode(&[anchor]).unwrap();
+        let path =
+            std::env::temp_dir().join(format!("trderp-roots-{}.anchors", std::process::id()));
+        std::fs::write(&path, &file).unwrap();
+        let store = load_roots(&[PathBuf::from("/nonexistent"), path.clone()]).unwrap();
+        assert_eq!(store.len(), 1);
+        assert_eq!(store.roots, from_pem.roots);
+
+        // A damaged anchor file is this candidate's error, not an empty PEM bundle.
+        std::fs::write(&path, &file[..file.len() - 2]).unwrap();
+        let e = load_roots(std::slice::from_ref(&path)).unwrap_err();
+        assert!(e.contains("anchor file truncated"), "{e}");
+        std::fs::write(&path, MAGIC).unwrap();
+        let e = load_roots(std::slice::from_ref(&path)).unwrap_err();
+        assert!(e.contains("(no certificates)"), "{e}");
+        let _ = std::fs::remove_file(path);
     }
 
     #[test]
