@@ -6,8 +6,9 @@
 #
 #   docker buildx build --platform linux/amd64,linux/arm64,linux/arm/v7 -t REPO/tailrouter:TAG --push .
 #
-# Each platform gets a static musl binary, built by `cargo xtask build` with exactly the tag set
-# of the TAGS build argument. docs/packaging.md explains every stage and each choice made here;
+# Each platform gets the rootfs `cargo xtask image` makes (the static musl binary with exactly the
+# tag set of the TAGS build argument, xz-packed behind its launcher, and the CA roots), so this
+# image and the xtask's archive hold the same files. docs/packaging.md explains every stage and each choice made here;
 # xtask/tests/packaging.rs checks this file's structure.
 #
 # Platform -> Rust target (the only mapping; the image pipeline builds exactly these three):
@@ -25,7 +26,7 @@ ARG RUST_IMAGE=rust:1.95-slim-bookworm
 # files, so no per-target C toolchain or sysroot is needed.
 FROM --platform=$BUILDPLATFORM ${RUST_IMAGE} AS toolchain
 RUN apt-get update \
- && apt-get install -y --no-install-recommends clang llvm ca-certificates \
+ && apt-get install -y --no-install-recommends clang llvm xz-utils ca-certificates \
  && rm -rf /var/lib/apt/lists/*
 ENV CARGO_TERM_COLOR=never \
     CARGO_INCREMENTAL=0
@@ -66,7 +67,7 @@ RUN case "${TARGETPLATFORM}" in \
     esac > /etc/rust-target \
  && rustup target add "$(cat /etc/rust-target)"
 COPY . /src/
-# The tag set, exactly as `cargo xtask build` takes it. The default is what `cargo xtask image`
+# The tag set, exactly as `cargo xtask image` takes it. The default is what `cargo xtask image`
 # builds: the router set with its jobs (subnet routes and exit node, offered and used), the
 # PeerAPI server so an exit node serves its users' DNS, and the `sh` personality. Not iptables:
 # that back-end runs iptables binaries, which the image lacks.
@@ -83,22 +84,14 @@ RUN --mount=type=cache,id=tailrouter-target-${TARGETARCH}${TARGETVARIANT},target
     export "CC_${t_lower}=clang" "AR_${t_lower}=llvm-ar" "CARGO_TARGET_${t_upper}_LINKER=rust-lld"; \
     if [ -n "$COMMIT" ]; then export TAILROUTER_COMMIT="$COMMIT"; fi; \
     export CARGO_NET_OFFLINE=true; \
-    cargo xtask build ${TAGS} --target "${RUST_TARGET}" --out /out --static; \
-    if llvm-readelf --program-headers /out/tailrouter | grep -q INTERP; then \
-      echo "tailrouter: /out/tailrouter is dynamically linked" >&2; exit 1; \
+    cargo xtask image ${TAGS} --target "${RUST_TARGET}" --out /out/tailrouter.tar --rootfs /rootfs; \
+    if llvm-readelf --program-headers /rootfs/usr/local/bin/tailrouter | grep -q INTERP; then \
+      echo "tailrouter: /usr/local/bin/tailrouter is dynamically linked" >&2; exit 1; \
     fi; \
-    if [ "$TARGETPLATFORM" = "$BUILDPLATFORM" ]; then /out/tailscaled --version; fi; \
-    mkdir -p /rootfs/usr/local/bin /rootfs/etc/ssl/certs /rootfs/var/lib/tailscale \
-             /rootfs/var/run/tailscale /rootfs/tmp /rootfs/bin; \
-    chmod 1777 /rootfs/tmp; \
-    chmod 0700 /rootfs/var/lib/tailscale; \
-    cp -a /out/. /rootfs/usr/local/bin/; \
-    ln -s tailrouter /rootfs/usr/local/bin/containerboot; \
     for name in containerboot tailscale tailscaled; do \
       test "$(readlink "/rootfs/usr/local/bin/$name")" = tailrouter; \
     done; \
-    ln -s ../usr/local/bin/tailrouter /rootfs/bin/sh; \
-    cp /etc/ssl/certs/ca-certificates.crt /rootfs/etc/ssl/certs/ca-certificates.crt
+    if [ "$TARGETPLATFORM" = "$BUILDPLATFORM" ]; then /rootfs/usr/local/bin/tailscaled --version; fi
 
 # ---------------------------------------------------------------------------------------------
 # image: nothing but the binary, its three names (containerboot, tailscale, tailscaled) and
@@ -107,7 +100,7 @@ RUN --mount=type=cache,id=tailrouter-target-${TARGETARCH}${TARGETVARIANT},target
 FROM scratch AS image
 COPY --from=build /rootfs/ /
 ENV PATH=/usr/local/bin \
-    SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt
+    SSL_CERT_FILE=/etc/ssl/certs/ca-anchors.bin
 LABEL org.opencontainers.image.title="tailrouter" \
       org.opencontainers.image.description="Tailscale node for routers (combined tailscale + tailscaled)" \
       org.opencontainers.image.licenses="BSD-3-Clause"

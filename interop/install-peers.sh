@@ -86,7 +86,9 @@ install_debs() {
     # nothing here runs outside the rig's namespaces. nftables gives it a firewall to edit
     # and the test its `nft`; iptables is the other firewall back-end (osrouter and router tests).
     # skopeo and umoci check `cargo xtask image`'s archive as real OCI tools read it (xtask/tests/image.rs).
-    local required="iproute2 iputils-ping iperf3 dnsutils dnsmasq-base curl jq openssl wireguard-go wireguard-tools miniupnpd-nftables nftables iptables skopeo umoci"
+    # The image build itself needs musl-tools (ring's C code for the musl target), xz-utils (the
+    # packed binary) and binutils (objcopy drops the unwind tables).
+    local required="iproute2 iputils-ping iperf3 dnsutils dnsmasq-base curl jq openssl wireguard-go wireguard-tools miniupnpd-nftables nftables iptables skopeo umoci musl-tools xz-utils binutils"
     local optional="sqlite3 dnsperf"
     local missing_req="" missing_opt="" p
     for p in $required; do

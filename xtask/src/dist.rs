@@ -12,7 +12,7 @@ pub struct BuildOpts {
     pub req: Request,
     pub target: Option<String>,
     pub out: Option<PathBuf>,
-    /// Link statically (`+crt-static`); musl targets are static anyway.
+    /// A static router build: [`STATIC_FLAGS`], then [`drop_unwind_tables`].
     pub static_link: bool,
 }
 
@@ -100,10 +100,8 @@ pub fn cargo_build(
                 t.to_ascii_uppercase().replace(['-', '.'], "_")
             );
             let flags = match std::env::var(&var) {
-                Ok(existing) if !existing.trim().is_empty() => {
-                    format!("{existing} -C target-feature=+crt-static")
-                }
-                _ => "-C target-feature=+crt-static".to_string(),
+                Ok(existing) if !existing.trim().is_empty() => format!("{existing} {STATIC_FLAGS}"),
+                _ => STATIC_FLAGS.to_string(),
             };
             cmd.env(var, flags);
         }
@@ -122,7 +120,67 @@ pub fn cargo_build(
     }
     bin.push("release");
     bin.push(crate::check::BIN);
+    if static_link {
+        drop_unwind_tables(&bin, target.is_none_or(runs_here))?;
+    }
     Ok(bin)
+}
+
+/// The flags of a static router build (docs/sizes.md has what each saves):
+/// - `+crt-static`: one file, no loader or shared libraries in the image;
+/// - `relocation-model=static`: not position-independent, so no relocation table to carry
+///   (Go's tailscaled is not PIE either; stack, heap and mappings are still randomised);
+/// - `force-unwind-tables=no`: with `panic = "abort"` nothing unwinds.
+///
+/// No linker flags, so they hold whichever linker a target uses (cc, or rust-lld in the
+/// Dockerfile).
+pub const STATIC_FLAGS: &str =
+    "-C target-feature=+crt-static -C relocation-model=static -C force-unwind-tables=no";
+
+/// The sections only unwinding reads. The C library and std are built with them; with
+/// `panic = "abort"` a panic still prints its message, only without a backtrace.
+const UNWIND_SECTIONS: [&str; 3] = [".eh_frame", ".eh_frame_hdr", ".gcc_except_table"];
+
+/// Removes [`UNWIND_SECTIONS`] from a static binary in place. For the host's own CPU
+/// (`native`) binutils' objcopy goes first, as it also closes the gap the sections leave; for
+/// other CPUs only LLVM's, which knows every ELF machine (the gap is zeros, which xz packs to
+/// nothing).
+pub fn drop_unwind_tables(bin: &Path, native: bool) -> Result<(), String> {
+    let tmp = bin.with_extension("unwound");
+    let mut tried = Vec::new();
+    let tools: &[&str] = if native {
+        &["objcopy", "llvm-objcopy", "llvm-objcopy-14"]
+    } else {
+        &["llvm-objcopy", "llvm-objcopy-14"]
+    };
+    for &tool in tools {
+        let mut cmd = Command::new(tool);
+        for s in UNWIND_SECTIONS {
+            cmd.args(["--remove-section", s]);
+        }
+        match cmd.arg(bin).arg(&tmp).output() {
+            Ok(o) if o.status.success() => {
+                return std::fs::rename(&tmp, bin).map_err(|e| {
+                    format!(
+                        "cannot replace {} with {}: {e}",
+                        bin.display(),
+                        tmp.display()
+                    )
+                });
+            }
+            Ok(o) => tried.push(format!(
+                "{tool}: {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            )),
+            Err(e) => tried.push(format!("{tool}: {e}")),
+        }
+    }
+    let _ = std::fs::remove_file(&tmp);
+    Err(format!(
+        "cannot remove the unwind tables from {} (install binutils or llvm): {}",
+        bin.display(),
+        tried.join("; ")
+    ))
 }
 
 /// The short commit hash of the checkout, with `-dirty` when it has uncommitted changes.
@@ -146,8 +204,13 @@ fn git_commit(root: &Path) -> Option<String> {
 fn install(bin: &Path, out: &Path) -> Result<PathBuf, String> {
     std::fs::create_dir_all(out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
     let dest = out.join("tailrouter");
-    std::fs::copy(bin, &dest)
-        .map_err(|e| format!("cannot copy {} to {}: {e}", bin.display(), dest.display()))?;
+    // Copied beside, then renamed over: another build may be running the old file, and
+    // writing into a running program fails (ETXTBSY).
+    let tmp = out.join(format!(".tailrouter.{}", std::process::id()));
+    std::fs::copy(bin, &tmp)
+        .map_err(|e| format!("cannot copy {} to {}: {e}", bin.display(), tmp.display()))?;
+    std::fs::rename(&tmp, &dest)
+        .map_err(|e| format!("cannot rename {} to {}: {e}", tmp.display(), dest.display()))?;
     for name in ["tailscale", "tailscaled"] {
         let link = out.join(name);
         let _ = std::fs::remove_file(&link);
@@ -202,7 +265,7 @@ pub fn build(root: &Path, reg: &Registry, opts: &BuildOpts) -> Result<Built, Str
         .map_err(|e| format!("cannot stat {}: {e}", dest.display()))?
         .len();
     // The binary reports its own tags; for a host build, prove it has exactly the set.
-    if opts.target.is_none() || opts.target.as_deref() == Some(crate::host_triple().as_str()) {
+    if opts.target.as_deref().is_none_or(runs_here) {
         let have = tags_of(&dest)?;
         if have != features {
             return Err(format!(
@@ -215,6 +278,14 @@ pub fn build(root: &Path, reg: &Registry, opts: &BuildOpts) -> Result<Built, Str
         binary: dest,
         size,
     })
+}
+
+/// Whether a binary for `triple` runs on this machine: the host's own target, or a static
+/// musl one for the host's CPU.
+pub fn runs_here(triple: &str) -> bool {
+    let host = crate::host_triple();
+    let cpu = |t: &str| t.split('-').next().map(str::to_string);
+    triple == host || (triple.contains("-linux-musl") && cpu(triple) == cpu(&host))
 }
 
 /// One row per built tag: size with everything omitted, then with that tag (and what it needs).

@@ -29,8 +29,12 @@ pub const DEFAULT_ADD: &[&str] = &[
     "shell",
 ];
 
-/// Where Debian keeps the CA bundle the image carries (package `ca-certificates`).
+/// Where Debian keeps the CA bundle the image's roots come from (package `ca-certificates`).
 pub const CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// Where the image keeps those roots, as a tailrouter anchor file (`tailcfg::anchors`): only
+/// what checking a chain needs of each root, about 30% of the PEM bundle.
+pub const ANCHORS: &str = "etc/ssl/certs/ca-anchors.bin";
 
 /// The image's process: the `containerboot` personality, configured by environment variables
 /// only (RouterOS `/container/envs`; docs/container.md). It takes no arguments, so the image
@@ -38,7 +42,7 @@ pub const CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 pub const ENTRYPOINT: &[&str] = &["/usr/local/bin/containerboot"];
 pub const ENV: &[&str] = &[
     "PATH=/usr/local/bin",
-    "SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt",
+    "SSL_CERT_FILE=/etc/ssl/certs/ca-anchors.bin",
 ];
 /// The state directory, a volume: a router owner mounts a disk directory there.
 pub const STATE_DIR: &str = "/var/lib/tailscale";
@@ -51,6 +55,69 @@ pub struct ImageOpts {
     /// The archive to write; default `<target dir>/dist/tailrouter-<version>-linux-<arch>.tar`.
     /// Its digest goes beside it, to the same path with `.sha256` appended.
     pub out: Option<PathBuf>,
+    /// Put the binary in as it is, not packed behind the launcher ([`crate::pack`]).
+    pub uncompressed: bool,
+    /// Also write the rootfs, unpacked, into this directory (the Dockerfile copies it into a
+    /// `scratch` image, so both ways give the same files).
+    pub rootfs_dir: Option<PathBuf>,
+}
+
+/// Writes `entries` under `dir`, which must not exist yet or be empty.
+pub fn write_rootfs(entries: &[Entry], dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let io =
+        |what: &str, p: &Path, e: std::io::Error| format!("cannot {what} {}: {e}", p.display());
+    std::fs::create_dir_all(dir).map_err(|e| io("create", dir, e))?;
+    if std::fs::read_dir(dir)
+        .map_err(|e| io("read", dir, e))?
+        .next()
+        .is_some()
+    {
+        return Err(format!(
+            "--rootfs {}: the directory is not empty",
+            dir.display()
+        ));
+    }
+    // Sorted by path, so every parent comes before what is in it.
+    for e in entries {
+        if e.path
+            .split('/')
+            .any(|c| c.is_empty() || c == "." || c == "..")
+        {
+            return Err(format!("rootfs: bad path {:?}", e.path));
+        }
+        let p = dir.join(&e.path);
+        match &e.node {
+            Node::Dir => std::fs::create_dir(&p).map_err(|err| io("create", &p, err))?,
+            Node::File(data) => std::fs::write(&p, data).map_err(|err| io("write", &p, err))?,
+            Node::Symlink(t) => {
+                std::os::unix::fs::symlink(t, &p).map_err(|err| io("link", &p, err))?;
+                continue;
+            }
+        }
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(e.mode))
+            .map_err(|err| io("chmod", &p, err))?;
+    }
+    Ok(())
+}
+
+/// The image's target when none is given: the host's CPU with musl, whose static C library
+/// is about 740 KB smaller than glibc's and whose allocator keeps less memory (docs/sizes.md).
+pub fn default_target(host: &str) -> String {
+    match host.strip_suffix("-gnu") {
+        Some(base) => format!("{base}-musl"),
+        None => host.replace("-gnueabihf", "-musleabihf"),
+    }
+}
+
+/// Whether the Rust standard library for `triple` is installed (rustup target add).
+fn target_installed(triple: &str) -> bool {
+    std::process::Command::new(std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into()))
+        .args(["--print", "sysroot"])
+        .output()
+        .ok()
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
+        .is_some_and(|root| root.join("lib/rustlib").join(triple).join("lib").is_dir())
 }
 
 /// An OCI platform: `architecture` and `variant` as registries and RouterOS name them.
@@ -237,14 +304,14 @@ pub fn rfc3339(secs: u64) -> String {
 }
 
 /// The rootfs as tar entries, sorted by path: the Dockerfile's layout, `/bin/sh` included.
-pub fn rootfs(binary: Vec<u8>, ca_bundle: Vec<u8>) -> Vec<Entry> {
+pub fn rootfs(binary: Vec<u8>, anchors: Vec<u8>) -> Vec<Entry> {
     let mut v = vec![
         Entry::dir("bin", 0o755),
         Entry::link("bin/sh", "../usr/local/bin/tailrouter"),
         Entry::dir("etc", 0o755),
         Entry::dir("etc/ssl", 0o755),
         Entry::dir("etc/ssl/certs", 0o755),
-        Entry::file("etc/ssl/certs/ca-certificates.crt", ca_bundle, 0o644),
+        Entry::file(ANCHORS, anchors, 0o644),
         Entry::dir("tmp", 0o1777),
         Entry::dir("usr", 0o755),
         Entry::dir("usr/local", 0o755),
@@ -370,6 +437,10 @@ pub struct Built {
     pub platform: Platform,
     pub features: std::collections::BTreeSet<String>,
     pub binary_size: u64,
+    /// The file at /usr/local/bin/tailrouter when packed: launcher, xz stream, trailer.
+    pub packed_size: Option<u64>,
+    /// Roots in the image's anchor file.
+    pub roots: usize,
     pub archive_size: u64,
     pub archive_sha256: String,
     /// The `sha256sum`-format file beside the archive ([`digest_path`]).
@@ -381,19 +452,37 @@ pub struct Built {
 
 /// Builds the static binary through `cargo xtask build`'s code and writes the image archive.
 pub fn build(root: &Path, reg: &Registry, opts: &ImageOpts) -> Result<Built, String> {
-    let target = opts.target.clone().unwrap_or_else(crate::host_triple);
-    if target.is_empty() {
+    let host = crate::host_triple();
+    if opts.target.is_none() && host.is_empty() {
         return Err("cannot tell the host target (rustc -vV); pass --target".into());
     }
+    // Tags first: a bad tag is the error to report, whatever the target.
+    reg.resolve(&opts.req).map_err(|e| e.to_string())?;
+    if let Some(dir) = &opts.rootfs_dir {
+        if std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some()) {
+            return Err(format!(
+                "--rootfs {}: the directory is not empty",
+                dir.display()
+            ));
+        }
+    }
+    let target = opts.target.clone().unwrap_or_else(|| default_target(&host));
     let platform = platform_of(&target)?;
+    if !target_installed(&target) {
+        return Err(format!(
+            "the Rust standard library for {target} is not installed: rustup target add {target}"
+        ));
+    }
     let mut req = opts.req.clone();
     if !req.min && req.add.is_empty() && req.remove.is_empty() {
         req.min = true;
         req.add = DEFAULT_ADD.iter().map(|s| s.to_string()).collect();
     }
-    let ca = std::fs::read(CA_BUNDLE).map_err(|e| {
+    let pem = std::fs::read(CA_BUNDLE).map_err(|e| {
         format!("cannot read the CA bundle {CA_BUNDLE}: {e} (install it: apt-get install ca-certificates)")
     })?;
+    let (ca, roots) =
+        crate::anchors::from_pem(&pem).map_err(|e| format!("the CA bundle {CA_BUNDLE}: {e}"))?;
     let built = dist::build(
         root,
         reg,
@@ -425,8 +514,21 @@ pub fn build(root: &Path, reg: &Registry, opts: &ImageOpts) -> Result<Built, Str
             .join(format!("tailrouter-{version}-linux-{arch_name}.tar"))
     });
     let binary_size = binary.len() as u64;
+    let file = if opts.uncompressed {
+        binary
+    } else {
+        let launcher = crate::pack::build_launcher(root, &target)?;
+        let launcher = std::fs::read(&launcher)
+            .map_err(|e| format!("cannot read {}: {e}", launcher.display()))?;
+        crate::pack::pack(&launcher, &binary, &target)?
+    };
+    let packed_size = (!opts.uncompressed).then_some(file.len() as u64);
+    let entries = rootfs(file, ca);
+    if let Some(dir) = &opts.rootfs_dir {
+        write_rootfs(&entries, dir)?;
+    }
     let a = archive(
-        &rootfs(binary, ca),
+        &entries,
         &platform,
         &format!("tailrouter:{version}"),
         &tags.join(","),
@@ -446,6 +548,8 @@ pub fn build(root: &Path, reg: &Registry, opts: &ImageOpts) -> Result<Built, Str
         platform,
         features: built.features,
         binary_size,
+        packed_size,
+        roots,
         archive_size: a.bytes.len() as u64,
         archive_sha256,
         digest_file,

@@ -1,12 +1,14 @@
 //! tailrouter's build tooling as a library, so its tests can drive each piece directly.
 //! The `xtask` binary (run as `cargo xtask`) is a thin command-line layer over it.
 
+pub mod anchors;
 pub mod check;
 pub mod codegen;
 pub mod demo;
 pub mod dist;
 pub mod fuzz;
 pub mod image;
+pub mod pack;
 pub mod registry;
 pub mod suite;
 

@@ -4,7 +4,7 @@
 //!   featuretags [--min] [--add=a,b] [--remove=c] [--list]   resolve an allowlist of tags
 //!   build [--min] [--add=..] [--remove=..] [--target T] [--out DIR] [--static]
 //!                                                           build the combined binary
-//!   image [--min] [--add=..] [--remove=..] [--target T] [--out FILE]
+//!   image [--min] [--add=..] [--remove=..] [--target T] [--out FILE] [--no-compress] [--rootfs DIR]
 //!                                                           RouterOS image archive, no Docker
 //!   size [--target T]                                       binary size per tag
 //!   check                                                   registry and Cargo features agree
@@ -24,9 +24,11 @@ commands:
         print the resolved allowlist of feature tags (dependencies pulled in)
   build [--min] [--add=a,b] [--remove=c] [--target T] [--out DIR] [--static]
         build the combined tailscale+tailscaled binary with exactly that set; print set and size
-  image [--min] [--add=a,b] [--remove=c] [--target T] [--out FILE]
+  image [--min] [--add=a,b] [--remove=c] [--target T] [--out FILE] [--no-compress] [--rootfs DIR]
         a container image archive (docker-save format, uncompressed layer) that RouterOS imports,
         built without Docker around the static binary, with FILE.sha256 (sha256sum format) beside it;
+        target default: the host CPU with musl; the binary is xz-packed behind a launcher unless --no-compress;
+        --rootfs DIR also writes the image's files into DIR (the Dockerfile's way);
         default tags --min --add=osrouter,dns,netstack,advertiseroutes,advertiseexitnode,peerapiserver,useroutes,useexitnode,shell
   size [--target T]
         binary size with every tag omitted, then with each tag added (dependencies included)
@@ -61,6 +63,8 @@ struct Opts {
     target: Option<String>,
     out: Option<PathBuf>,
     static_link: bool,
+    no_compress: bool,
+    rootfs: Option<PathBuf>,
 }
 
 fn split_list(v: &str) -> Vec<String> {
@@ -87,7 +91,10 @@ fn parse_opts(args: &[String], allowed: &[&str]) -> Result<Opts, String> {
                 allowed.join(" ")
             ));
         }
-        let takes_value = !matches!(flag.as_str(), "--min" | "--list" | "--static");
+        let takes_value = !matches!(
+            flag.as_str(),
+            "--min" | "--list" | "--static" | "--no-compress"
+        );
         let value = if takes_value {
             match inline {
                 Some(v) => v,
@@ -107,10 +114,12 @@ fn parse_opts(args: &[String], allowed: &[&str]) -> Result<Opts, String> {
             "--min" => o.req.min = true,
             "--list" => o.list = true,
             "--static" => o.static_link = true,
+            "--no-compress" => o.no_compress = true,
             "--add" => o.req.add.extend(split_list(&value)),
             "--remove" => o.req.remove.extend(split_list(&value)),
             "--target" => o.target = Some(value),
             "--out" => o.out = Some(PathBuf::from(value)),
+            "--rootfs" => o.rootfs = Some(PathBuf::from(value)),
             _ => unreachable!("flag list and match agree"),
         }
         i += 1;
@@ -190,7 +199,18 @@ fn run(args: &[String]) -> Result<(), String> {
             Ok(())
         }
         "image" => {
-            let o = parse_opts(rest, &["--min", "--add", "--remove", "--target", "--out"])?;
+            let o = parse_opts(
+                rest,
+                &[
+                    "--min",
+                    "--add",
+                    "--remove",
+                    "--target",
+                    "--out",
+                    "--no-compress",
+                    "--rootfs",
+                ],
+            )?;
             let reg = checked_registry(&root)?;
             let b = xtask::image::build(
                 &root,
@@ -199,6 +219,8 @@ fn run(args: &[String]) -> Result<(), String> {
                     req: o.req,
                     target: o.target,
                     out: o.out,
+                    uncompressed: o.no_compress,
+                    rootfs_dir: o.rootfs,
                 },
             )?;
             let set: Vec<&str> = b.features.iter().map(String::as_str).collect();
@@ -211,6 +233,13 @@ fn run(args: &[String]) -> Result<(), String> {
                     .map(|v| format!("/{v}"))
                     .unwrap_or_default()
             );
+            if let Some(p) = b.packed_size {
+                println!(
+                    "packed: {p} bytes (launcher + xz of the {}-byte binary)",
+                    b.binary_size
+                );
+            }
+            println!("CA roots: {} (/{})", b.roots, xtask::image::ANCHORS);
             println!(
                 "binary: {} bytes; rootfs files: {} bytes ({:.2} MiB); layer tar: {} bytes",
                 b.binary_size,

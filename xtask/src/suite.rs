@@ -160,8 +160,42 @@ fn deny_step(root: &Path) -> Result<String, String> {
     })
 }
 
+/// The image's target (xtask/tests/image.rs builds it): the host CPU with musl, added with
+/// rustup when missing.
+fn musl_target() -> Result<String, String> {
+    let target = crate::image::default_target(&crate::host_triple());
+    let sysroot = Command::new("rustc")
+        .args(["--print", "sysroot"])
+        .output()
+        .map_err(|e| format!("cannot run rustc: {e}"))?;
+    let lib = Path::new(String::from_utf8_lossy(&sysroot.stdout).trim())
+        .join("lib/rustlib")
+        .join(&target)
+        .join("lib");
+    if lib.is_dir() {
+        return Ok(format!("Rust target {target}"));
+    }
+    eprintln!("the Rust target {target} is missing: rustup target add {target}");
+    let ok = Command::new("rustup")
+        .args(["target", "add", &target])
+        .status()
+        .is_ok_and(|s| s.success());
+    if ok && lib.is_dir() {
+        Ok(format!("added Rust target {target}"))
+    } else {
+        Err(format!(
+            "the image tests need the Rust target {target}: `rustup target add {target}` failed"
+        ))
+    }
+}
+
 /// Tools the suite needs beyond Rust, installed when missing so the suite runs on a new machine.
 fn prerequisites_step() -> Result<String, String> {
+    let musl = musl_target()?;
+    yaml_step().map(|y| format!("{musl}; {y}"))
+}
+
+fn yaml_step() -> Result<String, String> {
     let has_yaml = || {
         Command::new("python3")
             .args(["-c", "import yaml"])
@@ -327,6 +361,28 @@ pub fn run(root: &Path, args: &[String]) -> Result<(), String> {
                 } else {
                     Err(p.join("\n"))
                 }
+            }),
+        ),
+        (
+            "launcher (bins/unpack: fmt, clippy, tests)",
+            Box::new(|| {
+                // Its own workspace (no_std, panic = "abort"), so the workspace steps skip it.
+                let m = "bins/unpack/Cargo.toml";
+                cargo_step(root, &["fmt", "--manifest-path", m, "--check"])?;
+                cargo_step(
+                    root,
+                    &[
+                        "clippy",
+                        "--manifest-path",
+                        m,
+                        "--all-targets",
+                        "--locked",
+                        "--",
+                        "-D",
+                        "warnings",
+                    ],
+                )?;
+                cargo_step(root, &["test", "--manifest-path", m, "--locked"])
             }),
         ),
         ("tag combinations (clippy)", Box::new(|| combos_step(root))),

@@ -176,12 +176,26 @@ fn the_unpacked_rootfs_runs_in_fresh_namespaces() {
             & 0o7777
     };
     assert_eq!(mode("usr/local/bin/tailrouter"), 0o755);
+    // The binary is packed: the launcher, the xz stream, the trailer (xtask/src/pack.rs).
+    let packed = std::fs::read(rootfs.join("usr/local/bin/tailrouter")).unwrap();
+    let t = tailrouter_unpack::trailer(&packed).expect("the image's binary has a pack trailer");
+    assert!(
+        packed[t.payload_start..].starts_with(b"\xfd7zXZ\0"),
+        "payload is an xz stream"
+    );
+    assert!(
+        t.out_len > 2 * packed.len(),
+        "{} -> {}",
+        packed.len(),
+        t.out_len
+    );
     assert_eq!(mode("tmp"), 0o1777);
     assert_eq!(mode("var/lib/tailscale"), 0o700);
     assert_eq!(mode("var/run/tailscale"), 0o755);
-    assert_eq!(mode("etc/ssl/certs/ca-certificates.crt"), 0o644);
-    let ca = std::fs::read(rootfs.join("etc/ssl/certs/ca-certificates.crt")).unwrap();
-    assert!(text(&ca).contains("-----BEGIN CERTIFICATE-----"));
+    assert_eq!(mode(xtask::image::ANCHORS), 0o644);
+    let ca = std::fs::read(rootfs.join(xtask::image::ANCHORS)).unwrap();
+    let roots = tailcfg::anchors::parse(&ca).expect("the image's roots are an anchor file");
+    assert!(roots.len() > 100, "{} roots", roots.len());
     let config: serde_json::Value =
         serde_json::from_slice(&std::fs::read(bundle.join("config.json")).unwrap()).unwrap();
     assert_eq!(
@@ -202,7 +216,7 @@ fn the_unpacked_rootfs_runs_in_fresh_namespaces() {
         ])
         .args([
             "PATH=/usr/local/bin",
-            "SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt",
+            "SSL_CERT_FILE=/etc/ssl/certs/ca-anchors.bin",
         ])
         .arg(&chroot)
         .arg(&rootfs)
@@ -338,6 +352,141 @@ fn same_inputs_give_the_same_archive() {
     assert_eq!(printed_sha(stdout), printed_sha(&second));
     let _ = std::fs::remove_file(xtask::image::digest_path(&again));
     let _ = std::fs::remove_file(again);
+}
+
+/// `--no-compress` puts the plain binary in, and `--rootfs DIR` writes exactly the layer's
+/// files, as the Dockerfile copies them.
+#[test]
+fn uncompressed_image_and_rootfs_dir() {
+    let dir = work_dir().join("plain");
+    let _ = std::fs::remove_dir_all(&dir);
+    let rootfs = dir.join("rootfs");
+    let out = dir.join("plain.tar");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_xtask"));
+    cmd.args(["image", "--no-compress", "--out"])
+        .arg(&out)
+        .arg("--rootfs")
+        .arg(&rootfs)
+        .stderr(Stdio::inherit());
+    let stdout = text(&run(&mut cmd).stdout);
+    assert!(!stdout.contains("packed:"), "{stdout}");
+    let bin = std::fs::read(rootfs.join("usr/local/bin/tailrouter")).unwrap();
+    assert!(
+        tailrouter_unpack::trailer(&bin).is_err(),
+        "plain binary has no trailer"
+    );
+    assert!(
+        stdout.contains(&format!("binary: {} bytes", bin.len())),
+        "{stdout}"
+    );
+
+    // The packed image's binary unpacks to this very binary: run both, same version line.
+    let (packed_tar, packed_out) = image();
+    assert!(packed_out.contains("packed: "), "{packed_out}");
+    let version = |exe: &Path| {
+        let o = run(Command::new(exe).arg("--version"));
+        text(&o.stdout)
+    };
+    let plain_v = version(&rootfs.join("usr/local/bin/tailscaled"));
+    assert!(plain_v.contains("tags: "), "{plain_v}");
+    let packed_root = dir.join("packed");
+    std::fs::create_dir_all(&packed_root).unwrap();
+    run(Command::new("tar")
+        .arg("-xf")
+        .arg(packed_tar)
+        .arg("-C")
+        .arg(&packed_root));
+    let layer = std::fs::read_dir(&packed_root)
+        .unwrap()
+        .map(|e| e.unwrap().path().join("layer.tar"))
+        .find(|p| p.exists())
+        .expect("a layer in the packed archive");
+    let packed_fs = dir.join("packed-fs");
+    std::fs::create_dir_all(&packed_fs).unwrap();
+    run(Command::new("tar")
+        .arg("-xf")
+        .arg(&layer)
+        .arg("-C")
+        .arg(&packed_fs));
+    assert_eq!(
+        version(&packed_fs.join("usr/local/bin/tailscaled")),
+        plain_v
+    );
+    // Unpacked, the program runs from a memfd, and it carries the name it was run by (the
+    // kernel would call it "memfd:tailroute"): the shell, waiting on stdin, is `sh` to ps.
+    let mut sh = Command::new(packed_fs.join("bin/sh"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let proc_dir = PathBuf::from(format!("/proc/{}", sh.id()));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let seen = loop {
+        let exe = std::fs::read_link(proc_dir.join("exe")).unwrap_or_default();
+        let comm = std::fs::read_to_string(proc_dir.join("comm")).unwrap_or_default();
+        if exe.to_string_lossy().contains("memfd:") && comm.trim() == "sh" {
+            break None;
+        }
+        if std::time::Instant::now() > deadline {
+            break Some(format!("exe {exe:?}, comm {comm:?}"));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    drop(sh.stdin.take());
+    let _ = sh.wait();
+    assert_eq!(
+        seen, None,
+        "the unpacked shell should run from a memfd under the name sh"
+    );
+
+    // --rootfs wrote what the layer of its own archive holds, path for path and byte for byte.
+    let plain_x = dir.join("plain-x");
+    std::fs::create_dir_all(&plain_x).unwrap();
+    run(Command::new("tar")
+        .arg("-xf")
+        .arg(&out)
+        .arg("-C")
+        .arg(&plain_x));
+    let layer = std::fs::read_dir(&plain_x)
+        .unwrap()
+        .map(|e| e.unwrap().path().join("layer.tar"))
+        .find(|p| p.exists())
+        .expect("a layer in the plain archive");
+    let from_layer = dir.join("from-layer");
+    std::fs::create_dir_all(&from_layer).unwrap();
+    run(Command::new("tar")
+        .arg("-xf")
+        .arg(&layer)
+        .arg("-C")
+        .arg(&from_layer));
+    let o = Command::new("diff")
+        .arg("-r")
+        .arg("--no-dereference")
+        .arg(&from_layer)
+        .arg(&rootfs)
+        .output()
+        .expect("diff (diffutils)");
+    assert!(
+        o.status.success(),
+        "rootfs dir differs from the layer: {}",
+        text(&o.stdout)
+    );
+    // A non-empty rootfs directory is refused, not merged into.
+    let mut again = Command::new(env!("CARGO_BIN_EXE_xtask"));
+    let o = again
+        .args(["image", "--no-compress", "--out"])
+        .arg(dir.join("again.tar"))
+        .arg("--rootfs")
+        .arg(&rootfs)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(
+        text(&o.stderr).contains("is not empty"),
+        "{}",
+        text(&o.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

@@ -82,6 +82,7 @@ pub(crate) fn version_text() -> String {
 
 fn main() -> ExitCode {
     let mut args: Vec<OsString> = std::env::args_os().collect();
+    restore_comm(args.first());
     match personality(&mut args) {
         Ok(Personality::Daemon) => daemon::main(args),
         Ok(Personality::Cli) => cli_main(args),
@@ -93,6 +94,28 @@ fn main() -> ExitCode {
             eprintln!("{msg}");
             ExitCode::from(2)
         }
+    }
+}
+
+/// Run by the image's launcher (docs/packaging.md, "The packed binary"), the process is named
+/// by the kernel after the memfd it was executed from: `memfd:tailroute`, or on older kernels
+/// the descriptor's number. `ps`, `pidof`
+/// and `killall` expect the name it was run by, so it gets that back, as the kernel would
+/// have set it: argv[0]'s last component, at most 15 bytes. Before any thread starts, as
+/// threads take their name from the thread that makes them.
+fn restore_comm(argv0: Option<&OsString>) {
+    let Ok(comm) = std::fs::read_to_string("/proc/self/comm") else {
+        return;
+    };
+    let comm = comm.trim_end();
+    let from_memfd = comm.starts_with("memfd:")
+        || (!comm.is_empty() && comm.bytes().all(|b| b.is_ascii_digit()));
+    if !from_memfd {
+        return;
+    }
+    if let Some(name) = argv0.map(Path::new).and_then(Path::file_name) {
+        let b = name.as_encoded_bytes();
+        let _ = std::fs::write("/proc/self/comm", &b[..b.len().min(15)]);
     }
 }
 

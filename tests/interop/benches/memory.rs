@@ -159,8 +159,13 @@ fn bench() -> Result<()> {
     let full = [rss(trd.pid)?, rss(god.pid)?];
     let full_hwm = [status_kb(trd.pid, "VmHWM")?, status_kb(god.pid, "VmHWM")?];
     // What the resident set is made of: the binary's own pages (file) or the heap and stacks.
-    let split = |pid: u32| -> Result<(u64, u64)> {
-        Ok((status_kb(pid, "RssAnon")?, status_kb(pid, "RssFile")?))
+    // Shared memory is the packed image's memfd (the unpacked binary's touched pages).
+    let split = |pid: u32| -> Result<(u64, u64, u64)> {
+        Ok((
+            status_kb(pid, "RssAnon")?,
+            status_kb(pid, "RssFile")?,
+            status_kb(pid, "RssShmem")?,
+        ))
     };
     let parts = [split(trd.pid)?, split(god.pid)?];
     let peers = [
@@ -176,16 +181,17 @@ fn bench() -> Result<()> {
         bin.display()
     );
     println!(
-        "| daemon | VmRSS, 1 peer | VmRSS, {want} peers | of which anon / file | VmHWM, 1 peer / {want} | peers listed |"
+        "| daemon | VmRSS, 1 peer | VmRSS, {want} peers | of which anon / file / shmem | VmHWM, 1 peer / {want} | peers listed |"
     );
     println!("|---|---:|---:|---:|---:|---:|");
     for (i, name) in ["tailrouter", "tailscaled"].iter().enumerate() {
         println!(
-            "| {name} | {} | {} | {} / {} | {} / {} | {} |",
+            "| {name} | {} | {} | {} / {} / {} | {} / {} | {} |",
             mib(idle[i]),
             mib(full[i]),
             mib(parts[i].0),
             mib(parts[i].1),
+            mib(parts[i].2),
             mib(idle_hwm[i]),
             mib(full_hwm[i]),
             peers[i]
