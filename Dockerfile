@@ -25,9 +25,11 @@ ARG RUST_IMAGE=rust:1.95-slim-bookworm
 # The linker is rust-lld, which ships with Rust; musl targets bring their own libc and start
 # files, so no per-target C toolchain or sysroot is needed.
 FROM --platform=$BUILDPLATFORM ${RUST_IMAGE} AS toolchain
+# rust-src: `cargo xtask image` builds std from source for size (docs/sizes.md).
 RUN apt-get update \
  && apt-get install -y --no-install-recommends clang llvm xz-utils ca-certificates \
- && rm -rf /var/lib/apt/lists/*
+ && rm -rf /var/lib/apt/lists/* \
+ && rustup component add rust-src
 ENV CARGO_TERM_COLOR=never \
     CARGO_INCREMENTAL=0
 WORKDIR /src
@@ -49,7 +51,11 @@ RUN find . -type f ! -name Cargo.toml ! -name Cargo.lock ! -path './.cargo/*' -d
 FROM toolchain AS deps
 COPY --from=manifests /src/ /src/
 # The stub sources go again: the real ones are copied in by the build stage.
+# Then std's own dependencies, for the std-from-source build of each target.
 RUN cargo fetch --locked \
+ && for t in x86_64-unknown-linux-musl aarch64-unknown-linux-musl armv7-unknown-linux-musleabihf; do \
+      RUSTC_BOOTSTRAP=1 cargo fetch --locked -Z build-std=std,panic_abort --target "$t" || exit 1; \
+    done \
  && find /src -mindepth 1 -delete
 
 # ---------------------------------------------------------------------------------------------

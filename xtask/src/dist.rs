@@ -14,6 +14,34 @@ pub struct BuildOpts {
     pub out: Option<PathBuf>,
     /// A static router build: [`STATIC_FLAGS`], then [`drop_unwind_tables`].
     pub static_link: bool,
+    /// Build std from source for size ([`STD_FROM_SOURCE`]); needs `--target` and rust-src.
+    pub std_from_source: bool,
+}
+
+/// Cargo's flags that build std itself with the release profile (opt-level "z", fat LTO with
+/// our code) and without its `backtrace` feature, with std's `optimize_for_size` algorithms.
+/// A panic still prints its message. These are unstable Cargo flags, so the build sets
+/// `RUSTC_BOOTSTRAP=1` (as the fuzz builds do); CI's image tests build exactly this, and the
+/// Dockerfile pins the toolchain (rust:1.95). docs/sizes.md has what it saves: 355 KB raw,
+/// 144 KB packed.
+pub const STD_FROM_SOURCE: [&str; 4] = [
+    "-Z",
+    "build-std=std,panic_abort",
+    "-Z",
+    "build-std-features=optimize_for_size",
+];
+
+/// Whether std's sources (the rust-src component) are installed.
+pub fn rust_src_installed() -> bool {
+    std::process::Command::new(std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into()))
+        .args(["--print", "sysroot"])
+        .output()
+        .ok()
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
+        .is_some_and(|root| {
+            root.join("lib/rustlib/src/rust/library/std/Cargo.toml")
+                .is_file()
+        })
 }
 
 /// The Cargo features a resolution builds, or why it cannot be built.
@@ -74,6 +102,7 @@ pub fn cargo_build(
     features: &BTreeSet<String>,
     target: Option<&str>,
     static_link: bool,
+    std_from_source: bool,
 ) -> Result<PathBuf, String> {
     let mut cmd = Command::new(crate::cargo());
     cmd.current_dir(root).args([
@@ -90,6 +119,19 @@ pub fn cargo_build(
     }
     if let Some(commit) = git_commit(root) {
         cmd.env("TAILROUTER_COMMIT", commit);
+    }
+    if std_from_source {
+        if target.is_none() {
+            return Err("std from source needs --target".into());
+        }
+        if !rust_src_installed() {
+            return Err(
+                "building std from source needs its sources: rustup component add rust-src \
+                 (or build with --prebuilt-std)"
+                    .into(),
+            );
+        }
+        cmd.env("RUSTC_BOOTSTRAP", "1").args(STD_FROM_SOURCE);
     }
     if let Some(t) = target {
         cmd.args(["--target", t]);
@@ -254,7 +296,13 @@ pub fn build(root: &Path, reg: &Registry, opts: &BuildOpts) -> Result<Built, Str
             skipped.join(",")
         );
     }
-    let bin = cargo_build(root, &features, opts.target.as_deref(), opts.static_link)?;
+    let bin = cargo_build(
+        root,
+        &features,
+        opts.target.as_deref(),
+        opts.static_link,
+        opts.std_from_source,
+    )?;
     let out = opts.out.clone().unwrap_or_else(|| {
         target_dir(root)
             .join("dist")
@@ -303,7 +351,7 @@ pub fn size_table(root: &Path, reg: &Registry, target: Option<&str>) -> Result<S
     let measure = |req: &Request| -> Result<(BTreeSet<String>, u64), String> {
         let res = reg.resolve(req).map_err(|e| e.to_string())?;
         let (features, _) = features_for(reg, &res)?;
-        let bin = cargo_build(root, &features, target, false)?;
+        let bin = cargo_build(root, &features, target, false, false)?;
         let size = std::fs::metadata(&bin)
             .map_err(|e| format!("cannot stat {}: {e}", bin.display()))?
             .len();

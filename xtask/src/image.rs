@@ -57,6 +57,8 @@ pub struct ImageOpts {
     pub out: Option<PathBuf>,
     /// Put the binary in as it is, not packed behind the launcher ([`crate::pack`]).
     pub uncompressed: bool,
+    /// Link rustup's prebuilt std instead of building it for size ([`dist::STD_FROM_SOURCE`]).
+    pub prebuilt_std: bool,
     /// Also write the rootfs, unpacked, into this directory (the Dockerfile copies it into a
     /// `scratch` image, so both ways give the same files).
     pub rootfs_dir: Option<PathBuf>,
@@ -491,6 +493,7 @@ pub fn build(root: &Path, reg: &Registry, opts: &ImageOpts) -> Result<Built, Str
             target: Some(target.clone()),
             out: None,
             static_link: true,
+            std_from_source: !opts.prebuilt_std,
         },
     )?;
     if !built.features.contains("shell") {

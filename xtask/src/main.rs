@@ -4,7 +4,8 @@
 //!   featuretags [--min] [--add=a,b] [--remove=c] [--list]   resolve an allowlist of tags
 //!   build [--min] [--add=..] [--remove=..] [--target T] [--out DIR] [--static]
 //!                                                           build the combined binary
-//!   image [--min] [--add=..] [--remove=..] [--target T] [--out FILE] [--no-compress] [--rootfs DIR]
+//!   image [--min] [--add=..] [--remove=..] [--target T] [--out FILE] [--no-compress]
+//!         [--prebuilt-std] [--rootfs DIR]
 //!                                                           RouterOS image archive, no Docker
 //!   size [--target T]                                       binary size per tag
 //!   check                                                   registry and Cargo features agree
@@ -24,10 +25,11 @@ commands:
         print the resolved allowlist of feature tags (dependencies pulled in)
   build [--min] [--add=a,b] [--remove=c] [--target T] [--out DIR] [--static]
         build the combined tailscale+tailscaled binary with exactly that set; print set and size
-  image [--min] [--add=a,b] [--remove=c] [--target T] [--out FILE] [--no-compress] [--rootfs DIR]
+  image [--min] [--add=a,b] [--remove=c] [--target T] [--out FILE] [--no-compress] [--prebuilt-std] [--rootfs DIR]
         a container image archive (docker-save format, uncompressed layer) that RouterOS imports,
         built without Docker around the static binary, with FILE.sha256 (sha256sum format) beside it;
         target default: the host CPU with musl; the binary is xz-packed behind a launcher unless --no-compress;
+        std is built from source for size (rust-src) unless --prebuilt-std;
         --rootfs DIR also writes the image's files into DIR (the Dockerfile's way);
         default tags --min --add=osrouter,dns,netstack,advertiseroutes,advertiseexitnode,peerapiserver,useroutes,useexitnode,shell
   size [--target T]
@@ -64,6 +66,7 @@ struct Opts {
     out: Option<PathBuf>,
     static_link: bool,
     no_compress: bool,
+    prebuilt_std: bool,
     rootfs: Option<PathBuf>,
 }
 
@@ -93,7 +96,7 @@ fn parse_opts(args: &[String], allowed: &[&str]) -> Result<Opts, String> {
         }
         let takes_value = !matches!(
             flag.as_str(),
-            "--min" | "--list" | "--static" | "--no-compress"
+            "--min" | "--list" | "--static" | "--no-compress" | "--prebuilt-std"
         );
         let value = if takes_value {
             match inline {
@@ -115,6 +118,7 @@ fn parse_opts(args: &[String], allowed: &[&str]) -> Result<Opts, String> {
             "--list" => o.list = true,
             "--static" => o.static_link = true,
             "--no-compress" => o.no_compress = true,
+            "--prebuilt-std" => o.prebuilt_std = true,
             "--add" => o.req.add.extend(split_list(&value)),
             "--remove" => o.req.remove.extend(split_list(&value)),
             "--target" => o.target = Some(value),
@@ -179,6 +183,7 @@ fn run(args: &[String]) -> Result<(), String> {
                     target: o.target,
                     out: o.out,
                     static_link: o.static_link,
+                    std_from_source: false,
                 },
             )?;
             let set: Vec<&str> = built.features.iter().map(String::as_str).collect();
@@ -208,6 +213,7 @@ fn run(args: &[String]) -> Result<(), String> {
                     "--target",
                     "--out",
                     "--no-compress",
+                    "--prebuilt-std",
                     "--rootfs",
                 ],
             )?;
@@ -220,6 +226,7 @@ fn run(args: &[String]) -> Result<(), String> {
                     target: o.target,
                     out: o.out,
                     uncompressed: o.no_compress,
+                    prebuilt_std: o.prebuilt_std,
                     rootfs_dir: o.rootfs,
                 },
             )?;

@@ -192,7 +192,25 @@ fn musl_target() -> Result<String, String> {
 /// Tools the suite needs beyond Rust, installed when missing so the suite runs on a new machine.
 fn prerequisites_step() -> Result<String, String> {
     let musl = musl_target()?;
-    yaml_step().map(|y| format!("{musl}; {y}"))
+    let src = rust_src()?;
+    yaml_step().map(|y| format!("{musl}; {src}; {y}"))
+}
+
+/// std's sources: the image builds std from source for size (`dist::STD_FROM_SOURCE`).
+fn rust_src() -> Result<String, String> {
+    if crate::dist::rust_src_installed() {
+        return Ok("rust-src".into());
+    }
+    eprintln!("std's sources are missing: rustup component add rust-src");
+    let ok = Command::new("rustup")
+        .args(["component", "add", "rust-src"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if ok && crate::dist::rust_src_installed() {
+        Ok("added rust-src".into())
+    } else {
+        Err("the image tests need std's sources: `rustup component add rust-src` failed".into())
+    }
 }
 
 fn yaml_step() -> Result<String, String> {
