@@ -354,6 +354,31 @@ fn same_inputs_give_the_same_archive() {
     let _ = std::fs::remove_file(again);
 }
 
+/// The files of `archive`'s one layer, extracted by the system's tar under `dir`.
+fn layer_files(archive: &Path, dir: &Path) -> PathBuf {
+    let outer = dir.join("archive");
+    let files = dir.join("layer");
+    for d in [&outer, &files] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    run(Command::new("tar")
+        .arg("-xf")
+        .arg(archive)
+        .arg("-C")
+        .arg(&outer));
+    let layer = std::fs::read_dir(&outer)
+        .unwrap()
+        .map(|e| e.unwrap().path().join("layer.tar"))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| panic!("no layer in {}", archive.display()));
+    run(Command::new("tar")
+        .arg("-xf")
+        .arg(&layer)
+        .arg("-C")
+        .arg(&files));
+    files
+}
+
 /// `--no-compress` puts the plain binary in, and `--rootfs DIR` writes exactly the layer's
 /// files, as the Dockerfile copies them.
 #[test]
@@ -389,25 +414,7 @@ fn uncompressed_image_and_rootfs_dir() {
     };
     let plain_v = version(&rootfs.join("usr/local/bin/tailscaled"));
     assert!(plain_v.contains("tags: "), "{plain_v}");
-    let packed_root = dir.join("packed");
-    std::fs::create_dir_all(&packed_root).unwrap();
-    run(Command::new("tar")
-        .arg("-xf")
-        .arg(packed_tar)
-        .arg("-C")
-        .arg(&packed_root));
-    let layer = std::fs::read_dir(&packed_root)
-        .unwrap()
-        .map(|e| e.unwrap().path().join("layer.tar"))
-        .find(|p| p.exists())
-        .expect("a layer in the packed archive");
-    let packed_fs = dir.join("packed-fs");
-    std::fs::create_dir_all(&packed_fs).unwrap();
-    run(Command::new("tar")
-        .arg("-xf")
-        .arg(&layer)
-        .arg("-C")
-        .arg(&packed_fs));
+    let packed_fs = layer_files(packed_tar, &dir.join("packed"));
     assert_eq!(
         version(&packed_fs.join("usr/local/bin/tailscaled")),
         plain_v
@@ -440,25 +447,7 @@ fn uncompressed_image_and_rootfs_dir() {
     );
 
     // --rootfs wrote what the layer of its own archive holds, path for path and byte for byte.
-    let plain_x = dir.join("plain-x");
-    std::fs::create_dir_all(&plain_x).unwrap();
-    run(Command::new("tar")
-        .arg("-xf")
-        .arg(&out)
-        .arg("-C")
-        .arg(&plain_x));
-    let layer = std::fs::read_dir(&plain_x)
-        .unwrap()
-        .map(|e| e.unwrap().path().join("layer.tar"))
-        .find(|p| p.exists())
-        .expect("a layer in the plain archive");
-    let from_layer = dir.join("from-layer");
-    std::fs::create_dir_all(&from_layer).unwrap();
-    run(Command::new("tar")
-        .arg("-xf")
-        .arg(&layer)
-        .arg("-C")
-        .arg(&from_layer));
+    let from_layer = layer_files(&out, &dir.join("plain-x"));
     let o = Command::new("diff")
         .arg("-r")
         .arg("--no-dereference")
