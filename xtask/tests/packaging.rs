@@ -740,7 +740,51 @@ fn image_pipeline_runs_on_tags_with_secrets_by_name() {
     let allowed_images = [
         "woodpeckerci/plugin-docker-buildx",
         "woodpeckerci/plugin-release",
+        "debian:bookworm-slim",
     ];
+    // routeros/upgrade.rsc fetches `<archive>.sha256` (one sha256sum line) for each archive:
+    // a step writes them with sha256sum and the release attaches them.
+    let steps = steps_of(&doc);
+    let by_name = |n: &str| {
+        steps
+            .iter()
+            .find(|s| s.get("name").and_then(Value::as_str) == Some(n))
+            .unwrap_or_else(|| panic!("image.yml has no `{n}` step"))
+            .clone()
+    };
+    let commands: Vec<String> = by_name("checksums")["commands"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(String::from)
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        commands
+            .iter()
+            .any(|c| c.contains(r#"sha256sum "$f" > "$f.sha256""#)),
+        "the checksums step must write `<archive>.sha256` with sha256sum: {commands:?}"
+    );
+    let files: Vec<String> = by_name("release")["settings"]["files"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(String::from)
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        files.iter().any(|f| f == "dist/*.tar") && files.iter().any(|f| f == "dist/*.tar.sha256"),
+        "the release must attach the archives and their .sha256 files: {files:?}"
+    );
+    let rsc = read("routeros/upgrade.rsc");
+    assert!(
+        rsc.contains(".tar.sha256"),
+        "upgrade.rsc no longer reads <archive>.sha256"
+    );
     for s in steps_of(&doc) {
         let step = s
             .get("name")
