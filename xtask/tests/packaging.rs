@@ -752,30 +752,24 @@ fn image_pipeline_runs_on_tags_with_secrets_by_name() {
             .unwrap_or_else(|| panic!("image.yml has no `{n}` step"))
             .clone()
     };
-    let commands: Vec<String> = by_name("checksums")["commands"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(Value::as_str)
-                .map(String::from)
-                .collect()
-        })
-        .unwrap_or_default();
+    let strings = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(String::from)
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let commands = strings(&by_name("checksums")["commands"]);
     assert!(
         commands
             .iter()
             .any(|c| c.contains(r#"sha256sum "$f" > "$f.sha256""#)),
         "the checksums step must write `<archive>.sha256` with sha256sum: {commands:?}"
     );
-    let files: Vec<String> = by_name("release")["settings"]["files"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(Value::as_str)
-                .map(String::from)
-                .collect()
-        })
-        .unwrap_or_default();
+    let files = strings(&by_name("release")["settings"]["files"]);
     assert!(
         files.iter().any(|f| f == "dist/*.tar") && files.iter().any(|f| f == "dist/*.tar.sha256"),
         "the release must attach the archives and their .sha256 files: {files:?}"
